@@ -22,3 +22,8 @@ pub mod id;
 pub mod pki;
 pub mod sshcert;
 pub mod tls;
+
+#[cfg(test)]
+mod refusal_matrix;
+#[cfg(test)]
+mod testkit;

@@ -249,7 +249,7 @@ impl X509Authority {
             .clone())
     }
 
-    fn leaf(
+    pub(crate) fn leaf(
         &self,
         common_name: &str,
         usage: ExtendedKeyUsagePurpose,

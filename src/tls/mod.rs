@@ -19,6 +19,8 @@
 
 pub mod gateway;
 pub mod relay;
+#[cfg(test)]
+mod tests;
 
 use std::fmt;
 use std::sync::Arc;

@@ -1,0 +1,247 @@
+//! The four configurations wired into real rustls handshakes, in memory.
+
+use rustls::{ClientConnection, ServerConnection};
+
+use super::gateway::{
+    platform_gateway_client, GatewayClientVerifier, GatewayServerVerifier, GatewayTlsServer,
+};
+use super::relay::{
+    platform_relay_client, RelayClientVerifier, RelayServerVerifier, RelayTlsServer,
+};
+use super::{server_name, Mode, TlsError};
+use crate::pki::{Lifetime, Scope};
+use crate::testkit::*;
+
+struct Relay {
+    server: RelayTlsServer,
+}
+
+fn relay(w: &World) -> Relay {
+    let key = Subject::new();
+    let cert = w
+        .instance
+        .pki_server
+        .issue_relay_server(
+            &key.public,
+            &relay_id(),
+            &[RELAY_HOST.into()],
+            now(),
+            Lifetime::days(30),
+        )
+        .unwrap();
+    let verifier =
+        RelayClientVerifier::new(w.instance.pki_client.certificate().clone(), Scope::Instance)
+            .unwrap();
+    Relay {
+        server: RelayTlsServer::new(key.identity(cert), verifier).unwrap(),
+    }
+}
+
+fn platform_to_relay(
+    w: &World,
+    client_ca: &crate::pki::X509Authority,
+    o: &str,
+) -> ClientConnection {
+    let key = Subject::new();
+    let cert = client_ca
+        .issue_relay_client(
+            &key.public,
+            &identity_of(o, "g1"),
+            now(),
+            Lifetime::minutes(5),
+        )
+        .unwrap();
+    let verifier = RelayServerVerifier::new(w.instance.pki_server.certificate().clone()).unwrap();
+    let config = platform_relay_client(key.identity(cert), verifier).unwrap();
+    ClientConnection::new(config, server_name(RELAY_HOST).unwrap()).unwrap()
+}
+
+#[test]
+fn relay_handshake_yields_the_certified_route() {
+    let w = World::new();
+    let r = relay(&w);
+    let mut client = platform_to_relay(&w, &w.instance.pki_client, "a");
+    let mut server = ServerConnection::new(r.server.config()).unwrap();
+    handshake(&mut client, &mut server).unwrap();
+    assert_eq!(
+        server.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_3)
+    );
+    let route = r.server.route(&server, now()).unwrap();
+    assert_eq!(
+        (route.org().as_str(), route.gateway().as_str()),
+        ("a", "g1")
+    );
+}
+
+#[test]
+fn relay_refuses_client_cert_from_org_authority() {
+    let w = World::new();
+    let r = relay(&w);
+    let mut client = platform_to_relay(&w, &w.a.pki_client, "a");
+    let mut server = ServerConnection::new(r.server.config()).unwrap();
+    let err = handshake(&mut client, &mut server).unwrap_err();
+    assert!(
+        matches!(
+            TlsError::from_rustls(&err),
+            Some(TlsError::UntrustedIssuer { .. })
+        ),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn platform_refuses_relay_from_other_authority() {
+    let w = World::new();
+    let key = Subject::new();
+    let cert =
+        w.a.pki_server
+            .issue_relay_server(
+                &key.public,
+                &relay_id(),
+                &[RELAY_HOST.into()],
+                now(),
+                Lifetime::days(1),
+            )
+            .unwrap();
+    let verifier =
+        RelayClientVerifier::new(w.instance.pki_client.certificate().clone(), Scope::Instance)
+            .unwrap();
+    let server_cfg = RelayTlsServer::new(key.identity(cert), verifier).unwrap();
+    let mut client = platform_to_relay(&w, &w.instance.pki_client, "a");
+    let mut server = ServerConnection::new(server_cfg.config()).unwrap();
+    let err = handshake(&mut client, &mut server).unwrap_err();
+    assert!(
+        matches!(
+            TlsError::from_rustls(&err),
+            Some(TlsError::UntrustedIssuer { .. })
+        ),
+        "{err:?}"
+    );
+}
+
+fn gateway_server(w: &World, g: &str) -> GatewayTlsServer {
+    let key = Subject::new();
+    let cert =
+        w.a.gateway_server
+            .issue_gateway_server(&key.public, &gw(g), now(), Lifetime::days(30))
+            .unwrap();
+    let verifier =
+        GatewayClientVerifier::new(w.a.gateway_client.certificate().clone(), org("a"), gw(g))
+            .unwrap();
+    GatewayTlsServer::new(key.identity(cert), verifier).unwrap()
+}
+
+fn platform_to_gateway(w: &World, g: &str, mode: Mode) -> ClientConnection {
+    let key = Subject::new();
+    let cert =
+        w.a.gateway_client
+            .issue_gateway_client(
+                &key.public,
+                &permission("a", "g1"),
+                now(),
+                Lifetime::minutes(5),
+            )
+            .unwrap();
+    let verifier =
+        GatewayServerVerifier::new(w.a.gateway_server.certificate().clone(), org("a"), gw(g))
+            .unwrap();
+    let (config, name) = platform_gateway_client(key.identity(cert), verifier, mode).unwrap();
+    ClientConnection::new(config, name).unwrap()
+}
+
+#[test]
+fn gateway_session_yields_grant_and_mode() {
+    let w = World::new();
+    let server_cfg = gateway_server(&w, "g1");
+    for mode in Mode::ALL {
+        let mut client = platform_to_gateway(&w, "g1", mode);
+        let mut server = ServerConnection::new(server_cfg.config()).unwrap();
+        handshake(&mut client, &mut server).unwrap();
+        assert_eq!(
+            client.protocol_version(),
+            Some(rustls::ProtocolVersion::TLSv1_3)
+        );
+        let (grant, negotiated) = server_cfg.accept(&server, now()).unwrap();
+        assert_eq!(negotiated, mode);
+        assert_eq!(grant.target().to_string(), "db.internal:5432");
+        assert_eq!(grant.actor(), "alice@example.com");
+    }
+}
+
+#[test]
+fn platform_pinned_to_g2_refuses_g1() {
+    let w = World::new();
+    let server_cfg = gateway_server(&w, "g1");
+    let mut client = platform_to_gateway(&w, "g2", Mode::Tcp);
+    let mut server = ServerConnection::new(server_cfg.config()).unwrap();
+    let err = handshake(&mut client, &mut server).unwrap_err();
+    assert!(
+        matches!(
+            TlsError::from_rustls(&err),
+            Some(TlsError::NameMismatch { .. })
+        ),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn gateway_g2_refuses_session_for_g1() {
+    let w = World::new();
+    let server_cfg = gateway_server(&w, "g2");
+    let mut client = platform_to_gateway(&w, "g2", Mode::Tcp);
+    let mut server = ServerConnection::new(server_cfg.config()).unwrap();
+    let err = handshake(&mut client, &mut server).unwrap_err();
+    assert!(
+        matches!(
+            TlsError::from_rustls(&err),
+            Some(TlsError::WrongGateway { .. })
+        ),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn gateway_refuses_session_without_mode() {
+    let w = World::new();
+    let server_cfg = gateway_server(&w, "g1");
+    let key = Subject::new();
+    let cert =
+        w.a.gateway_client
+            .issue_gateway_client(
+                &key.public,
+                &permission("a", "g1"),
+                now(),
+                Lifetime::minutes(5),
+            )
+            .unwrap();
+    let verifier =
+        GatewayServerVerifier::new(w.a.gateway_server.certificate().clone(), org("a"), gw("g1"))
+            .unwrap();
+    let (config, name) = platform_gateway_client(key.identity(cert), verifier, Mode::Tcp).unwrap();
+    let mut config = (*config).clone();
+    config.alpn_protocols.clear();
+    let mut client = ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    let mut server = ServerConnection::new(server_cfg.config()).unwrap();
+    handshake(&mut client, &mut server).unwrap();
+    assert_eq!(
+        server_cfg.accept(&server, now()).unwrap_err(),
+        TlsError::UnknownMode { arrived: None }
+    );
+}
+
+#[test]
+fn grant_is_rechecked_at_a_later_now() {
+    let w = World::new();
+    let server_cfg = gateway_server(&w, "g1");
+    let mut client = platform_to_gateway(&w, "g1", Mode::Tcp);
+    let mut server = ServerConnection::new(server_cfg.config()).unwrap();
+    handshake(&mut client, &mut server).unwrap();
+    let (grant, _) = server_cfg.accept(&server, now()).unwrap();
+    let later = now()
+        + std::time::Duration::from_secs(grant.not_after() - crate::clock::unix_now(now()) + 1);
+    assert!(matches!(
+        server_cfg.accept(&server, later),
+        Err(TlsError::Expired { .. })
+    ));
+}
