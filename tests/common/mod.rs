@@ -1,0 +1,42 @@
+//! Helpers shared by the interop tests: running the reference tools and writing files.
+
+#![allow(dead_code)]
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use postern::id::{GatewayId, OrgId};
+use postern::pki::{AuthorityKind, AuthorityName, Scope};
+
+/// Runs `program args...`, panicking with a clear message when the tool is not installed.
+pub(crate) fn run(program: &str, args: &[&str]) -> Output {
+    Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}; .ci/run installs it (openssh-client, openssh-server, openssl)"))
+}
+
+/// `stdout + stderr` of an output, for assertions and failure messages.
+pub(crate) fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+/// Writes `contents` with `mode`.
+pub(crate) fn write(path: &Path, contents: &[u8], mode: u32) {
+    fs::write(path, contents).unwrap();
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+}
+
+pub(crate) fn org(s: &str) -> OrgId {
+    OrgId::new(s).unwrap()
+}
+
+pub(crate) fn gw(s: &str) -> GatewayId {
+    GatewayId::new(s).unwrap()
+}
+
+pub(crate) fn name(scope: Scope, kind: AuthorityKind) -> AuthorityName {
+    AuthorityName { scope, kind }
+}
