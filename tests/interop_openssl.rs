@@ -2,6 +2,9 @@
 //! each leaf under the authority that issued it and refuses it under another org's (or the
 //! instance's); keys and requests made by `openssl` are accepted for issuance (RSA refused).
 
+// Test helpers panic on setup failure; that is the point of a test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -19,7 +22,11 @@ fn ca(scope: Scope, kind: AuthorityKind) -> X509Authority {
 
 fn pem_file(dir: &Path, stem: &str, der: &CertificateDer<'_>) -> PathBuf {
     let path = dir.join(format!("{stem}.pem"));
-    write(&path, pem::encode(&pem::Pem::new("CERTIFICATE", der.to_vec())).as_bytes(), 0o644);
+    write(
+        &path,
+        pem::encode(&pem::Pem::new("CERTIFICATE", der.to_vec())).as_bytes(),
+        0o644,
+    );
     path
 }
 
@@ -27,9 +34,30 @@ fn pem_file(dir: &Path, stem: &str, der: &CertificateDer<'_>) -> PathBuf {
 fn openssl_subject(dir: &Path) -> (PathBuf, SubjectKey) {
     let key = dir.join("subject.key");
     let csr = dir.join("subject.csr");
-    let out = run("openssl", &["genpkey", "-algorithm", "ed25519", "-out", key.to_str().unwrap()]);
+    let out = run(
+        "openssl",
+        &[
+            "genpkey",
+            "-algorithm",
+            "ed25519",
+            "-out",
+            key.to_str().unwrap(),
+        ],
+    );
     assert!(out.status.success(), "{}", text(&out));
-    let out = run("openssl", &["req", "-new", "-key", key.to_str().unwrap(), "-subj", "/CN=ignored", "-out", csr.to_str().unwrap()]);
+    let out = run(
+        "openssl",
+        &[
+            "req",
+            "-new",
+            "-key",
+            key.to_str().unwrap(),
+            "-subj",
+            "/CN=ignored",
+            "-out",
+            csr.to_str().unwrap(),
+        ],
+    );
     assert!(out.status.success(), "{}", text(&out));
     let subject = SubjectKey::from_csr_pem(&std::fs::read_to_string(&csr).unwrap()).unwrap();
     (key, subject)
@@ -38,7 +66,15 @@ fn openssl_subject(dir: &Path) -> (PathBuf, SubjectKey) {
 fn verify(ca_pem: &Path, leaf_pem: &Path, purpose: &str) -> (bool, String) {
     let out = run(
         "openssl",
-        &["verify", "-partial_chain", "-purpose", purpose, "-CAfile", ca_pem.to_str().unwrap(), leaf_pem.to_str().unwrap()],
+        &[
+            "verify",
+            "-partial_chain",
+            "-purpose",
+            purpose,
+            "-CAfile",
+            ca_pem.to_str().unwrap(),
+            leaf_pem.to_str().unwrap(),
+        ],
     );
     let t = text(&out);
     (out.status.success() && t.contains(": OK"), t)
@@ -51,8 +87,18 @@ fn openssl_verifies_leaves_under_their_issuer_only() {
     let now = SystemTime::now();
     let a = Scope::Org(org("a"));
     let b = Scope::Org(org("b"));
-    let id = GatewayIdentity { org: org("a"), gateway: gw("g1") };
-    let perm = Permission::new(org("a"), gw("g1"), Target::parse("10.0.0.5:5432").unwrap(), "alice", "s-1").unwrap();
+    let id = GatewayIdentity {
+        org: org("a"),
+        gateway: gw("g1"),
+    };
+    let perm = Permission::new(
+        org("a"),
+        gw("g1"),
+        Target::parse("10.0.0.5:5432").unwrap(),
+        "alice",
+        "s-1",
+    )
+    .unwrap();
     let hosts = vec!["relay.example.net".to_owned()];
     let r1 = RelayId::new("r1").unwrap();
 
@@ -66,9 +112,15 @@ fn openssl_verifies_leaves_under_their_issuer_only() {
         let right = ca(a.clone(), kind);
         let other_org = ca(b.clone(), kind);
         let leaf = match kind {
-            AuthorityKind::RelayPkiServer => right.issue_relay_server(&subject, &r1, &hosts, now, Lifetime::days(1)),
-            AuthorityKind::RelayPkiClient => right.issue_relay_client(&subject, &id, now, Lifetime::minutes(5)),
-            AuthorityKind::GatewayServer => right.issue_gateway_server(&subject, &gw("g1"), now, Lifetime::days(1)),
+            AuthorityKind::RelayPkiServer => {
+                right.issue_relay_server(&subject, &r1, &hosts, now, Lifetime::days(1))
+            }
+            AuthorityKind::RelayPkiClient => {
+                right.issue_relay_client(&subject, &id, now, Lifetime::minutes(5))
+            }
+            AuthorityKind::GatewayServer => {
+                right.issue_gateway_server(&subject, &gw("g1"), now, Lifetime::days(1))
+            }
             _ => right.issue_gateway_client(&subject, &perm, now, Lifetime::minutes(5)),
         }
         .unwrap();
@@ -80,16 +132,36 @@ fn openssl_verifies_leaves_under_their_issuer_only() {
         let stem = label.replace(' ', "-");
         let leaf_pem = pem_file(dir.path(), &stem, leaf);
         let right_pem = pem_file(dir.path(), &format!("{stem}-ca"), right.certificate());
-        let other_pem = pem_file(dir.path(), &format!("{stem}-other-ca"), other_org.certificate());
+        let other_pem = pem_file(
+            dir.path(),
+            &format!("{stem}-other-ca"),
+            other_org.certificate(),
+        );
         let (ok, out) = verify(&right_pem, &leaf_pem, purpose);
-        assert!(ok, "{label}: openssl refused our leaf under its issuer:\n{out}");
+        assert!(
+            ok,
+            "{label}: openssl refused our leaf under its issuer:\n{out}"
+        );
         let (ok, out) = verify(&other_pem, &leaf_pem, purpose);
-        assert!(!ok, "{label}: openssl accepted our leaf under another org's CA:\n{out}");
+        assert!(
+            !ok,
+            "{label}: openssl accepted our leaf under another org's CA:\n{out}"
+        );
         let (ok, out) = verify(&instance_pem, &leaf_pem, purpose);
-        assert!(!ok, "{label}: openssl accepted our leaf under the instance CA:\n{out}");
-        let wrong_purpose = if *purpose == "sslclient" { "sslserver" } else { "sslclient" };
+        assert!(
+            !ok,
+            "{label}: openssl accepted our leaf under the instance CA:\n{out}"
+        );
+        let wrong_purpose = if *purpose == "sslclient" {
+            "sslserver"
+        } else {
+            "sslclient"
+        };
         let (ok, out) = verify(&right_pem, &leaf_pem, wrong_purpose);
-        assert!(!ok, "{label}: openssl accepted our leaf for {wrong_purpose}:\n{out}");
+        assert!(
+            !ok,
+            "{label}: openssl accepted our leaf for {wrong_purpose}:\n{out}"
+        );
     }
     assert_eq!(cases.len(), 4);
 }
@@ -99,13 +171,28 @@ fn openssl_shows_postern_extensions_non_critical() {
     let dir = tempfile::tempdir().unwrap();
     let (_, subject) = openssl_subject(dir.path());
     let gc = ca(Scope::Org(org("a")), AuthorityKind::GatewayClient);
-    let perm = Permission::new(org("a"), gw("g1"), Target::parse("db:5432").unwrap(), "alice", "s-1").unwrap();
-    let leaf = gc.issue_gateway_client(&subject, &perm, SystemTime::now(), Lifetime::minutes(5)).unwrap();
+    let perm = Permission::new(
+        org("a"),
+        gw("g1"),
+        Target::parse("db:5432").unwrap(),
+        "alice",
+        "s-1",
+    )
+    .unwrap();
+    let leaf = gc
+        .issue_gateway_client(&subject, &perm, SystemTime::now(), Lifetime::minutes(5))
+        .unwrap();
     let path = pem_file(dir.path(), "session", &leaf);
-    let out = run("openssl", &["x509", "-noout", "-text", "-in", path.to_str().unwrap()]);
+    let out = run(
+        "openssl",
+        &["x509", "-noout", "-text", "-in", path.to_str().unwrap()],
+    );
     let t = text(&out);
     assert!(out.status.success(), "{t}");
-    let line = t.lines().find(|l| l.contains("2.25.6354120900384192301.2")).unwrap_or_else(|| panic!("no permission extension:\n{t}"));
+    let line = t
+        .lines()
+        .find(|l| l.contains("2.25.6354120900384192301.2"))
+        .unwrap_or_else(|| panic!("no permission extension:\n{t}"));
     assert!(!line.contains("critical"), "{line}");
     assert!(t.contains("TLS Web Client Authentication"), "{t}");
     assert!(t.contains("ED25519"), "{t}");
@@ -117,14 +204,31 @@ fn openssl_shows_postern_extensions_non_critical() {
 fn openssl_public_key_is_accepted_and_rsa_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (key, _) = openssl_subject(dir.path());
-    let out = run("openssl", &["pkey", "-in", key.to_str().unwrap(), "-pubout"]);
+    let out = run(
+        "openssl",
+        &["pkey", "-in", key.to_str().unwrap(), "-pubout"],
+    );
     assert!(out.status.success(), "{}", text(&out));
     SubjectKey::from_spki_pem(&String::from_utf8(out.stdout).unwrap()).unwrap();
 
     let rsa = dir.path().join("rsa.key");
-    let out = run("openssl", &["genpkey", "-algorithm", "rsa", "-pkeyopt", "rsa_keygen_bits:2048", "-out", rsa.to_str().unwrap()]);
+    let out = run(
+        "openssl",
+        &[
+            "genpkey",
+            "-algorithm",
+            "rsa",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+            rsa.to_str().unwrap(),
+        ],
+    );
     assert!(out.status.success(), "{}", text(&out));
-    let out = run("openssl", &["pkey", "-in", rsa.to_str().unwrap(), "-pubout"]);
+    let out = run(
+        "openssl",
+        &["pkey", "-in", rsa.to_str().unwrap(), "-pubout"],
+    );
     let err = SubjectKey::from_spki_pem(&String::from_utf8(out.stdout).unwrap()).unwrap_err();
     assert!(err.to_string().contains("not accepted"), "{err}");
 }

@@ -1,5 +1,8 @@
 //! The authorities on disk: created once, sealed, 0600, loaded back intact, never overwritten.
 
+// Test helpers panic on setup failure; that is the point of a test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -31,10 +34,22 @@ fn ten_authorities_round_trip_through_disk() {
     let reloaded = AuthorityStore::new(dir.path(), copy);
     let inst2 = reloaded.load_instance().unwrap();
     let acme2 = reloaded.load_org(&org).unwrap();
-    assert_eq!(inst.relay_pki_client.certificate(), inst2.relay_pki_client.certificate());
-    assert_eq!(inst.relay_ssh_server.fingerprint(), inst2.relay_ssh_server.fingerprint());
-    assert_eq!(acme.gateway_client.certificate(), acme2.gateway_client.certificate());
-    assert_eq!(acme.relay_ssh_client.fingerprint(), acme2.relay_ssh_client.fingerprint());
+    assert_eq!(
+        inst.relay_pki_client.certificate(),
+        inst2.relay_pki_client.certificate()
+    );
+    assert_eq!(
+        inst.relay_ssh_server.fingerprint(),
+        inst2.relay_ssh_server.fingerprint()
+    );
+    assert_eq!(
+        acme.gateway_client.certificate(),
+        acme2.gateway_client.certificate()
+    );
+    assert_eq!(
+        acme.relay_ssh_client.fingerprint(),
+        acme2.relay_ssh_client.fingerprint()
+    );
 
     let mut keys = 0;
     for entry in walk(dir.path()) {
@@ -43,7 +58,10 @@ fn ten_authorities_round_trip_through_disk() {
             keys += 1;
             assert_eq!(mode(&entry), 0o600, "{name}");
             let text = fs::read_to_string(&entry).unwrap();
-            assert!(text.starts_with("-----BEGIN POSTERN SEALED KEY-----"), "{name} is not sealed");
+            assert!(
+                text.starts_with("-----BEGIN POSTERN SEALED KEY-----"),
+                "{name} is not sealed"
+            );
         }
     }
     assert_eq!(keys, 10, "expected the ten authorities' keys");
@@ -69,8 +87,12 @@ fn reject_creating_an_existing_authority() {
     let dir = tempfile::tempdir().unwrap();
     let store = AuthorityStore::new(dir.path(), SealingKey::generate().unwrap());
     let org = OrgId::new("acme").unwrap();
-    store.create_org(&org, SystemTime::now(), Lifetime::days(10)).unwrap();
-    let err = store.create_org(&org, SystemTime::now(), Lifetime::days(10)).unwrap_err();
+    store
+        .create_org(&org, SystemTime::now(), Lifetime::days(10))
+        .unwrap();
+    let err = store
+        .create_org(&org, SystemTime::now(), Lifetime::days(10))
+        .unwrap_err();
     assert!(matches!(err, PkiError::AlreadyExists(_)), "{err}");
 }
 
@@ -80,7 +102,9 @@ fn reject_loading_with_another_sealing_key() {
     AuthorityStore::new(dir.path(), SealingKey::generate().unwrap())
         .create_instance(SystemTime::now(), Lifetime::days(10))
         .unwrap();
-    let err = AuthorityStore::new(dir.path(), SealingKey::generate().unwrap()).load_instance().unwrap_err();
+    let err = AuthorityStore::new(dir.path(), SealingKey::generate().unwrap())
+        .load_instance()
+        .unwrap_err();
     assert!(matches!(err, PkiError::WrongSealingKey { .. }), "{err}");
 }
 
@@ -89,9 +113,17 @@ fn reject_certificate_swapped_between_slots() {
     let dir = tempfile::tempdir().unwrap();
     let (key, copy) = sealing_pair();
     let org = OrgId::new("acme").unwrap();
-    AuthorityStore::new(dir.path(), key).create_org(&org, SystemTime::now(), Lifetime::days(10)).unwrap();
+    AuthorityStore::new(dir.path(), key)
+        .create_org(&org, SystemTime::now(), Lifetime::days(10))
+        .unwrap();
     let d = dir.path().join("org/acme");
-    fs::copy(d.join("gateway-server-ca.crt"), d.join("gateway-client-ca.crt")).unwrap();
-    let err = AuthorityStore::new(dir.path(), copy).load_org(&org).unwrap_err();
+    fs::copy(
+        d.join("gateway-server-ca.crt"),
+        d.join("gateway-client-ca.crt"),
+    )
+    .unwrap();
+    let err = AuthorityStore::new(dir.path(), copy)
+        .load_org(&org)
+        .unwrap_err();
     assert!(matches!(err, PkiError::KeyMismatch { .. }), "{err}");
 }

@@ -225,6 +225,36 @@ impl AuthorityName {
             Scope::Org(org) => format!("org/{org}/{}", self.kind.slug()),
         }
     }
+
+    /// Refuses unless this authority has role `kind`.
+    pub(crate) fn require(&self, kind: AuthorityKind) -> Result<(), PkiError> {
+        if self.kind == kind {
+            return Ok(());
+        }
+        let expected = AuthorityName {
+            scope: self.scope.clone(),
+            kind,
+        };
+        Err(PkiError::WrongAuthority {
+            expected: expected.to_string(),
+            arrived: self.to_string(),
+        })
+    }
+
+    /// Refuses when this is another organisation's authority (instance authorities serve all).
+    pub(crate) fn require_org(&self, org: &OrgId) -> Result<(), PkiError> {
+        match &self.scope {
+            Scope::Org(own) if own != org => Err(PkiError::WrongAuthority {
+                expected: AuthorityName {
+                    scope: Scope::Org(org.clone()),
+                    kind: self.kind,
+                }
+                .to_string(),
+                arrived: self.to_string(),
+            }),
+            _ => Ok(()),
+        }
+    }
 }
 
 impl fmt::Display for AuthorityName {

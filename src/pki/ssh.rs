@@ -13,7 +13,7 @@ use rand_core::OsRng;
 use ssh_key::certificate::{Builder, CertType, Certificate};
 use ssh_key::{Algorithm, HashAlg, LineEnding, PrivateKey, PublicKey};
 
-use super::{AuthorityKind, AuthorityName, Lifetime, PkiError, Scope};
+use super::{AuthorityKind, AuthorityName, Lifetime, PkiError};
 use crate::id::{GatewayId, OrgId, RelayId};
 
 const GATEWAY_PREFIX: &str = "postern:v1:gateway:";
@@ -112,20 +112,6 @@ impl SshAuthority {
             .to_string())
     }
 
-    fn require(&self, kind: AuthorityKind) -> Result<(), PkiError> {
-        if self.name.kind == kind {
-            return Ok(());
-        }
-        let expected = AuthorityName {
-            scope: self.name.scope.clone(),
-            kind,
-        };
-        Err(PkiError::WrongAuthority {
-            expected: expected.to_string(),
-            arrived: self.name.to_string(),
-        })
-    }
-
     /// Starts a certificate for `subject` valid over `life` at `now`. Crate-internal so tests can
     /// shape deliberately wrong certificates; the typed issuers below are the public way.
     pub(crate) fn builder(
@@ -169,15 +155,8 @@ impl SshAuthority {
         now: SystemTime,
         life: Lifetime,
     ) -> Result<Certificate, PkiError> {
-        self.require(AuthorityKind::RelaySshClient)?;
-        if let Scope::Org(own) = &self.name.scope {
-            if own != org {
-                return Err(PkiError::WrongAuthority {
-                    expected: format!("postern org {org} relay SSH Client CA"),
-                    arrived: self.name.to_string(),
-                });
-            }
-        }
+        self.name.require(AuthorityKind::RelaySshClient)?;
+        self.name.require_org(org)?;
         let mut b = self.builder(subject, now, life)?;
         b.cert_type(CertType::User).map_err(ssh_err)?;
         b.key_id(gateway_key_id(org, gateway)).map_err(ssh_err)?;
@@ -195,7 +174,7 @@ impl SshAuthority {
         now: SystemTime,
         life: Lifetime,
     ) -> Result<Certificate, PkiError> {
-        self.require(AuthorityKind::RelaySshServer)?;
+        self.name.require(AuthorityKind::RelaySshServer)?;
         if hostnames.is_empty() {
             return Err(PkiError::Invalid(format!("relay {relay} has no hostnames")));
         }

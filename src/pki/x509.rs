@@ -211,30 +211,6 @@ impl X509Authority {
         &self.key_der
     }
 
-    fn require(&self, kind: AuthorityKind) -> Result<(), PkiError> {
-        if self.name.kind == kind {
-            return Ok(());
-        }
-        let expected = AuthorityName {
-            scope: self.name.scope.clone(),
-            kind,
-        };
-        Err(PkiError::WrongAuthority {
-            expected: expected.to_string(),
-            arrived: self.name.to_string(),
-        })
-    }
-
-    fn require_org(&self, org: &crate::id::OrgId) -> Result<(), PkiError> {
-        match &self.name.scope {
-            Scope::Org(own) if own != org => Err(PkiError::WrongAuthority {
-                expected: format!("postern org {org} {}", self.name.kind.title()),
-                arrived: self.name.to_string(),
-            }),
-            _ => Ok(()),
-        }
-    }
-
     /// Signs `params` for `subject`. Crate-internal so that only the typed issuers below, and
     /// tests that need deliberately wrong certificates, can shape a leaf.
     pub(crate) fn sign(
@@ -274,7 +250,7 @@ impl X509Authority {
         now: SystemTime,
         life: Lifetime,
     ) -> Result<CertificateDer<'static>, PkiError> {
-        self.require(AuthorityKind::RelayPkiServer)?;
+        self.name.require(AuthorityKind::RelayPkiServer)?;
         if hostnames.is_empty() {
             return Err(PkiError::Invalid(format!("relay {relay} has no hostnames")));
         }
@@ -304,7 +280,7 @@ impl X509Authority {
         now: SystemTime,
         life: Lifetime,
     ) -> Result<CertificateDer<'static>, PkiError> {
-        self.require(AuthorityKind::GatewayServer)?;
+        self.name.require(AuthorityKind::GatewayServer)?;
         let Scope::Org(org) = &self.name.scope else {
             return Err(PkiError::Invalid(
                 "gateway server CA must belong to an org".into(),
@@ -332,8 +308,8 @@ impl X509Authority {
         now: SystemTime,
         life: Lifetime,
     ) -> Result<CertificateDer<'static>, PkiError> {
-        self.require(AuthorityKind::RelayPkiClient)?;
-        self.require_org(&identity.org)?;
+        self.name.require(AuthorityKind::RelayPkiClient)?;
+        self.name.require_org(&identity.org)?;
         let cn = format!("{}/{}", identity.org, identity.gateway);
         let mut params = self.leaf(&cn, ExtendedKeyUsagePurpose::ClientAuth, now, life)?;
         params.custom_extensions = vec![identity_extension(identity)];
@@ -349,13 +325,13 @@ impl X509Authority {
         now: SystemTime,
         life: Lifetime,
     ) -> Result<CertificateDer<'static>, PkiError> {
-        self.require(AuthorityKind::GatewayClient)?;
+        self.name.require(AuthorityKind::GatewayClient)?;
         if !matches!(&self.name.scope, Scope::Org(_)) {
             return Err(PkiError::Invalid(
                 "gateway client CA must belong to an org".into(),
             ));
         }
-        self.require_org(&permission.org)?;
+        self.name.require_org(&permission.org)?;
         let cn = format!("session {}", permission.session_id);
         let mut params = self.leaf(&cn, ExtendedKeyUsagePurpose::ClientAuth, now, life)?;
         params.custom_extensions = vec![CustomExtension::from_oid_content(

@@ -9,17 +9,12 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{
-    ClientConfig, DigitallySignedStruct, DistinguishedName, ServerConfig, ServerConnection,
-    SignatureScheme,
-};
-use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, ServerConfig, ServerConnection};
+use rustls_pki_types::{CertificateDer, ServerName};
 
 use super::{
-    config_error, not_after_of, provider, refuse_tls12, schemes, server_name, to_system,
-    verify_tls13, Identity, Mode, TlsError, TrustedAuthority, Usage,
+    client_config, not_after_of, server_config, server_name, ClientCheck, Identity, Mode,
+    ServerCheck, TlsError, TrustedAuthority, Usage,
 };
 use crate::id::{gateway_pin_name, GatewayId, OrgId};
 use crate::pki::ext::{GatewayIdentity, Permission, Target};
@@ -115,42 +110,12 @@ impl GatewayClientVerifier {
     }
 }
 
-#[derive(Debug)]
-struct ClientAdapter(GatewayClientVerifier, Vec<DistinguishedName>);
-
-impl ClientCertVerifier for ClientAdapter {
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        &self.1
+impl ClientCheck for GatewayClientVerifier {
+    fn authority(&self) -> &TrustedAuthority {
+        &self.ca
     }
-    fn verify_client_cert(
-        &self,
-        leaf: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        self.0
-            .verify(leaf, to_system(now))
-            .map(|_| ClientCertVerified::assertion())
-            .map_err(TlsError::into_rustls)
-    }
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        refuse_tls12()
-    }
-    fn verify_tls13_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13(m, c, d)
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        schemes()
+    fn check(&self, leaf: &CertificateDer<'_>, now: SystemTime) -> Result<(), TlsError> {
+        self.verify(leaf, now).map(drop)
     }
 }
 
@@ -165,18 +130,9 @@ impl GatewayTlsServer {
     /// Presents `identity` (the gateway's Gateway Server CA leaf), requires client certificates
     /// that `verifier` accepts, and offers every [`Mode`] by ALPN.
     pub fn new(identity: Identity, verifier: GatewayClientVerifier) -> Result<Self, TlsError> {
-        let hint = verifier.ca.hint();
-        let mut config = ServerConfig::builder_with_provider(provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(config_error)?
-            .with_client_cert_verifier(Arc::new(ClientAdapter(verifier.clone(), hint)))
-            .with_single_cert(identity.chain, identity.key)
-            .map_err(config_error)?;
-        config.alpn_protocols = Mode::ALL.iter().map(|m| m.alpn().to_vec()).collect();
-        Ok(Self {
-            config: Arc::new(config),
-            verifier,
-        })
+        let alpn = Mode::ALL.iter().map(|m| m.alpn().to_vec()).collect();
+        let config = server_config(identity, verifier.clone(), alpn)?;
+        Ok(Self { config, verifier })
     }
 
     /// The rustls configuration for accepting inner sessions.
@@ -245,47 +201,20 @@ impl GatewayServerVerifier {
     }
 }
 
-#[derive(Debug)]
-struct ServerAdapter(GatewayServerVerifier);
-
-impl ServerCertVerifier for ServerAdapter {
-    fn verify_server_cert(
+impl ServerCheck for GatewayServerVerifier {
+    /// The SNI rustls was given must be this gateway's pin, and the certificate must match it.
+    fn check(
         &self,
         leaf: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
         name: &ServerName<'_>,
-        _: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        if name.to_str() != self.0.pin {
+        now: SystemTime,
+    ) -> Result<(), TlsError> {
+        if name.to_str() != self.pin {
             return Err(TlsError::NameMismatch {
-                expected: self.0.pin.clone(),
-            }
-            .into_rustls());
+                expected: self.pin.clone(),
+            });
         }
-        self.0
-            .verify(leaf, to_system(now))
-            .map(|_| ServerCertVerified::assertion())
-            .map_err(TlsError::into_rustls)
-    }
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        refuse_tls12()
-    }
-    fn verify_tls13_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13(m, c, d)
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        schemes()
+        self.verify(leaf, now)
     }
 }
 
@@ -298,13 +227,6 @@ pub fn platform_gateway_client(
     mode: Mode,
 ) -> Result<(Arc<ClientConfig>, ServerName<'static>), TlsError> {
     let name = server_name(verifier.pin())?;
-    let mut config = ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(config_error)?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(ServerAdapter(verifier)))
-        .with_client_auth_cert(identity.chain, identity.key)
-        .map_err(config_error)?;
-    config.alpn_protocols = vec![mode.alpn().to_vec()];
-    Ok((Arc::new(config), name))
+    let config = client_config(identity, verifier, vec![mode.alpn().to_vec()])?;
+    Ok((config, name))
 }

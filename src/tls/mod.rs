@@ -26,9 +26,13 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rustls::client::danger::HandshakeSignatureValid;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
-use rustls::{CertificateError, DigitallySignedStruct, OtherError, SignatureScheme};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, DistinguishedName, OtherError,
+    ServerConfig, SignatureScheme,
+};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
@@ -372,4 +376,134 @@ fn config_error(e: rustls::Error) -> TlsError {
 pub fn server_name(name: &str) -> Result<ServerName<'static>, TlsError> {
     ServerName::try_from(name.to_owned())
         .map_err(|_| TlsError::Config(format!("{name:?} is not a valid server name")))
+}
+
+/// A postern check of a client certificate, run by rustls during the handshake.
+trait ClientCheck: fmt::Debug + Send + Sync + 'static {
+    fn authority(&self) -> &TrustedAuthority;
+    fn check(&self, leaf: &CertificateDer<'_>, now: SystemTime) -> Result<(), TlsError>;
+}
+
+/// A postern check of a server certificate, run by rustls during the handshake.
+trait ServerCheck: fmt::Debug + Send + Sync + 'static {
+    fn check(
+        &self,
+        leaf: &CertificateDer<'_>,
+        name: &ServerName<'_>,
+        now: SystemTime,
+    ) -> Result<(), TlsError>;
+}
+
+#[derive(Debug)]
+struct ClientAdapter<V> {
+    check: V,
+    hints: Vec<DistinguishedName>,
+}
+
+impl<V: ClientCheck> ClientCertVerifier for ClientAdapter<V> {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &self.hints
+    }
+    fn verify_client_cert(
+        &self,
+        leaf: &CertificateDer<'_>,
+        _ignored_chain: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.check
+            .check(leaf, to_system(now))
+            .map(|()| ClientCertVerified::assertion())
+            .map_err(TlsError::into_rustls)
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        refuse_tls12()
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13(message, cert, dss)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        schemes()
+    }
+}
+
+#[derive(Debug)]
+struct ServerAdapter<V>(V);
+
+impl<V: ServerCheck> ServerCertVerifier for ServerAdapter<V> {
+    fn verify_server_cert(
+        &self,
+        leaf: &CertificateDer<'_>,
+        _ignored_chain: &[CertificateDer<'_>],
+        name: &ServerName<'_>,
+        _ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.0
+            .check(leaf, name, to_system(now))
+            .map(|()| ServerCertVerified::assertion())
+            .map_err(TlsError::into_rustls)
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        refuse_tls12()
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13(message, cert, dss)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        schemes()
+    }
+}
+
+/// A TLS 1.3 server presenting `identity` and requiring client certificates `check` accepts.
+fn server_config<V: ClientCheck>(
+    identity: Identity,
+    check: V,
+    alpn: Vec<Vec<u8>>,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let hints = check.authority().hint();
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(config_error)?
+        .with_client_cert_verifier(Arc::new(ClientAdapter { check, hints }))
+        .with_single_cert(identity.chain, identity.key)
+        .map_err(config_error)?;
+    config.alpn_protocols = alpn;
+    Ok(Arc::new(config))
+}
+
+/// A TLS 1.3 client presenting `identity` and accepting servers `check` accepts.
+fn client_config<V: ServerCheck>(
+    identity: Identity,
+    check: V,
+    alpn: Vec<Vec<u8>>,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(config_error)?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(ServerAdapter(check)))
+        .with_client_auth_cert(identity.chain, identity.key)
+        .map_err(config_error)?;
+    config.alpn_protocols = alpn;
+    Ok(Arc::new(config))
 }

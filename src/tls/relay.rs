@@ -7,17 +7,12 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{
-    ClientConfig, DigitallySignedStruct, DistinguishedName, ServerConfig, ServerConnection,
-    SignatureScheme,
-};
-use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, ServerConfig, ServerConnection};
+use rustls_pki_types::{CertificateDer, ServerName};
 
 use super::{
-    config_error, not_after_of, provider, refuse_tls12, schemes, to_system, verify_tls13, Identity,
-    TlsError, TrustedAuthority, Usage,
+    client_config, not_after_of, server_config, ClientCheck, Identity, ServerCheck, TlsError,
+    TrustedAuthority, Usage,
 };
 use crate::id::{GatewayId, OrgId};
 use crate::pki::ext::GatewayIdentity;
@@ -88,42 +83,12 @@ impl RelayClientVerifier {
     }
 }
 
-#[derive(Debug)]
-struct ClientAdapter(RelayClientVerifier, Vec<DistinguishedName>);
-
-impl ClientCertVerifier for ClientAdapter {
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        &self.1
+impl ClientCheck for RelayClientVerifier {
+    fn authority(&self) -> &TrustedAuthority {
+        &self.ca
     }
-    fn verify_client_cert(
-        &self,
-        leaf: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        self.0
-            .verify(leaf, to_system(now))
-            .map(|_| ClientCertVerified::assertion())
-            .map_err(TlsError::into_rustls)
-    }
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        refuse_tls12()
-    }
-    fn verify_tls13_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13(m, c, d)
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        schemes()
+    fn check(&self, leaf: &CertificateDer<'_>, now: SystemTime) -> Result<(), TlsError> {
+        self.verify(leaf, now).map(drop)
     }
 }
 
@@ -138,17 +103,8 @@ impl RelayTlsServer {
     /// Presents `identity` (a relay PKI Server CA leaf) and requires client certificates that
     /// `verifier` accepts.
     pub fn new(identity: Identity, verifier: RelayClientVerifier) -> Result<Self, TlsError> {
-        let hint = verifier.ca.hint();
-        let config = ServerConfig::builder_with_provider(provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(config_error)?
-            .with_client_cert_verifier(Arc::new(ClientAdapter(verifier.clone(), hint)))
-            .with_single_cert(identity.chain, identity.key)
-            .map_err(config_error)?;
-        Ok(Self {
-            config: Arc::new(config),
-            verifier,
-        })
+        let config = server_config(identity, verifier.clone(), Vec::new())?;
+        Ok(Self { config, verifier })
     }
 
     /// The rustls configuration for accepting connections.
@@ -197,41 +153,14 @@ impl RelayServerVerifier {
     }
 }
 
-#[derive(Debug)]
-struct ServerAdapter(RelayServerVerifier);
-
-impl ServerCertVerifier for ServerAdapter {
-    fn verify_server_cert(
+impl ServerCheck for RelayServerVerifier {
+    fn check(
         &self,
         leaf: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
         name: &ServerName<'_>,
-        _: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        self.0
-            .verify(leaf, name, to_system(now))
-            .map(|_| ServerCertVerified::assertion())
-            .map_err(TlsError::into_rustls)
-    }
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        refuse_tls12()
-    }
-    fn verify_tls13_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13(m, c, d)
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        schemes()
+        now: SystemTime,
+    ) -> Result<(), TlsError> {
+        self.verify(leaf, name, now)
     }
 }
 
@@ -241,12 +170,5 @@ pub fn platform_relay_client(
     identity: Identity,
     verifier: RelayServerVerifier,
 ) -> Result<Arc<ClientConfig>, TlsError> {
-    let config = ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(config_error)?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(ServerAdapter(verifier)))
-        .with_client_auth_cert(identity.chain, identity.key)
-        .map_err(config_error)?;
-    Ok(Arc::new(config))
+    client_config(identity, verifier, Vec::new())
 }

@@ -1,6 +1,6 @@
 //! Helpers shared by the interop tests: running the reference tools and writing files.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -20,7 +20,11 @@ pub(crate) fn run(program: &str, args: &[&str]) -> Output {
 
 /// `stdout + stderr` of an output, for assertions and failure messages.
 pub(crate) fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 /// Writes `contents` with `mode`.
