@@ -309,7 +309,7 @@ impl TrustedAuthority {
     /// The subject this authority is known by, for client-certificate hints.
     fn hint(&self) -> Vec<rustls::DistinguishedName> {
         webpki::anchor_from_trusted_cert(&self.cert)
-            .map(|a| vec![rustls::DistinguishedName::from(a.subject.to_vec())])
+            .map(|a| vec![rustls::DistinguishedName::in_sequence(&a.subject)])
             .unwrap_or_default()
     }
 }
