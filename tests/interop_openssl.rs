@@ -10,7 +10,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use common::{gw, name, org, run, text, write};
+use common::{cert_pem, gw, name, openssl_ed25519_key, org, run, text};
 use postern::id::RelayId;
 use postern::pki::ext::{GatewayIdentity, Permission, Target};
 use postern::pki::{AuthorityKind, Lifetime, Scope, SubjectKey, X509Authority};
@@ -21,30 +21,14 @@ fn ca(scope: Scope, kind: AuthorityKind) -> X509Authority {
 }
 
 fn pem_file(dir: &Path, stem: &str, der: &CertificateDer<'_>) -> PathBuf {
-    let path = dir.join(format!("{stem}.pem"));
-    write(
-        &path,
-        pem::encode(&pem::Pem::new("CERTIFICATE", der.to_vec())).as_bytes(),
-        0o644,
-    );
-    path
+    cert_pem(&dir.join(format!("{stem}.pem")), der)
 }
 
 /// An Ed25519 key made by openssl; returns (private key path, SubjectKey from its CSR).
 fn openssl_subject(dir: &Path) -> (PathBuf, SubjectKey) {
     let key = dir.join("subject.key");
     let csr = dir.join("subject.csr");
-    let out = run(
-        "openssl",
-        &[
-            "genpkey",
-            "-algorithm",
-            "ed25519",
-            "-out",
-            key.to_str().unwrap(),
-        ],
-    );
-    assert!(out.status.success(), "{}", text(&out));
+    openssl_ed25519_key(&key);
     let out = run(
         "openssl",
         &[

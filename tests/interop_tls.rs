@@ -15,7 +15,7 @@ use std::process::{Command, Output, Stdio};
 use std::thread;
 use std::time::{Duration, SystemTime};
 
-use common::{gw, name, org, run, text, write};
+use common::{cert_pem, gw, name, openssl_ed25519_key, org, run, text};
 use postern::id::RelayId;
 use postern::pki::ext::GatewayIdentity;
 use postern::pki::{AuthorityKind, Lifetime, Scope, SubjectKey, X509Authority};
@@ -28,15 +28,6 @@ const HOST: &str = "relay.example.net";
 
 fn ca(scope: Scope, kind: AuthorityKind) -> X509Authority {
     X509Authority::create(name(scope, kind), SystemTime::now(), Lifetime::days(30)).unwrap()
-}
-
-fn pem_file(path: &Path, der: &[u8]) -> PathBuf {
-    write(
-        path,
-        pem::encode(&pem::Pem::new("CERTIFICATE", der.to_vec())).as_bytes(),
-        0o644,
-    );
-    path.to_owned()
 }
 
 /// Serves one TLS connection; returns the route on success or the refusal.
@@ -102,17 +93,7 @@ struct Setup {
 fn setup() -> (Setup, RelayTlsServer) {
     let dir = tempfile::tempdir().unwrap();
     let client_key = dir.path().join("client.key");
-    let out = run(
-        "openssl",
-        &[
-            "genpkey",
-            "-algorithm",
-            "ed25519",
-            "-out",
-            client_key.to_str().unwrap(),
-        ],
-    );
-    assert!(out.status.success(), "{}", text(&out));
+    openssl_ed25519_key(&client_key);
     let public = run(
         "openssl",
         &["pkey", "-in", client_key.to_str().unwrap(), "-pubout"],
@@ -150,7 +131,7 @@ fn setup() -> (Setup, RelayTlsServer) {
             Lifetime::minutes(5),
         )
         .unwrap();
-    pem_file(&dir.path().join("good.pem"), &leaf);
+    cert_pem(&dir.path().join("good.pem"), &leaf);
     (
         Setup {
             dir,
@@ -165,7 +146,7 @@ fn setup() -> (Setup, RelayTlsServer) {
 #[test]
 fn s_client_with_relay_client_cert_is_routed() {
     let (s, server) = setup();
-    let ca_pem = pem_file(
+    let ca_pem = cert_pem(
         &s.dir.path().join("server-ca.pem"),
         s.server_ca.certificate(),
     );
@@ -194,8 +175,8 @@ fn s_client_with_other_org_client_cert_is_refused() {
             Lifetime::minutes(5),
         )
         .unwrap();
-    let cert = pem_file(&s.dir.path().join("other.pem"), &leaf);
-    let ca_pem = pem_file(
+    let cert = cert_pem(&s.dir.path().join("other.pem"), &leaf);
+    let ca_pem = cert_pem(
         &s.dir.path().join("server-ca.pem"),
         s.server_ca.certificate(),
     );
@@ -211,7 +192,7 @@ fn s_client_with_other_org_client_cert_is_refused() {
 fn s_client_refuses_relay_under_another_ca() {
     let (s, server) = setup();
     let wrong = ca(Scope::Org(org("a")), AuthorityKind::RelayPkiServer);
-    let ca_pem = pem_file(&s.dir.path().join("wrong-ca.pem"), wrong.certificate());
+    let ca_pem = cert_pem(&s.dir.path().join("wrong-ca.pem"), wrong.certificate());
     let (port, handle) = serve_once(server);
     let out = s_client(port, &ca_pem, &s.dir.path().join("good.pem"), &s.client_key);
     let served = handle.join().unwrap();

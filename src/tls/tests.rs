@@ -1,6 +1,8 @@
 //! The four configurations wired into real rustls handshakes, in memory.
 
-use rustls::{ClientConnection, ServerConnection};
+use std::sync::Arc;
+
+use rustls::{ClientConnection, ServerConfig, ServerConnection};
 
 use super::gateway::{
     platform_gateway_client, GatewayClientVerifier, GatewayServerVerifier, GatewayTlsServer,
@@ -11,6 +13,24 @@ use super::relay::{
 use super::{server_name, Mode, TlsError};
 use crate::pki::{Lifetime, Scope};
 use crate::testkit::*;
+
+/// Handshakes `client` with a fresh server connection of `config`; returns the server side.
+fn connect(
+    client: &mut ClientConnection,
+    config: Arc<ServerConfig>,
+) -> Result<ServerConnection, rustls::Error> {
+    let mut server = ServerConnection::new(config).unwrap();
+    handshake(client, &mut server)?;
+    Ok(server)
+}
+
+/// The postern refusal that stopped a handshake (panics if it succeeded or failed otherwise).
+fn refusal(client: &mut ClientConnection, config: Arc<ServerConfig>) -> TlsError {
+    let err = connect(client, config).unwrap_err();
+    TlsError::from_rustls(&err)
+        .cloned()
+        .unwrap_or_else(|| panic!("not a postern refusal: {err:?}"))
+}
 
 struct Relay {
     server: RelayTlsServer,
@@ -61,8 +81,7 @@ fn relay_handshake_yields_the_certified_route() {
     let w = World::new();
     let r = relay(&w);
     let mut client = platform_to_relay(&w, &w.instance.pki_client, "a");
-    let mut server = ServerConnection::new(r.server.config()).unwrap();
-    handshake(&mut client, &mut server).unwrap();
+    let server = connect(&mut client, r.server.config()).unwrap();
     assert_eq!(
         server.protocol_version(),
         Some(rustls::ProtocolVersion::TLSv1_3)
@@ -79,15 +98,8 @@ fn relay_refuses_client_cert_from_org_authority() {
     let w = World::new();
     let r = relay(&w);
     let mut client = platform_to_relay(&w, &w.a.pki_client, "a");
-    let mut server = ServerConnection::new(r.server.config()).unwrap();
-    let err = handshake(&mut client, &mut server).unwrap_err();
-    assert!(
-        matches!(
-            TlsError::from_rustls(&err),
-            Some(TlsError::UntrustedIssuer { .. })
-        ),
-        "{err:?}"
-    );
+    let err = refusal(&mut client, r.server.config());
+    assert!(matches!(err, TlsError::UntrustedIssuer { .. }), "{err:?}");
 }
 
 #[test]
@@ -109,15 +121,8 @@ fn platform_refuses_relay_from_other_authority() {
             .unwrap();
     let server_cfg = RelayTlsServer::new(key.identity(cert), verifier).unwrap();
     let mut client = platform_to_relay(&w, &w.instance.pki_client, "a");
-    let mut server = ServerConnection::new(server_cfg.config()).unwrap();
-    let err = handshake(&mut client, &mut server).unwrap_err();
-    assert!(
-        matches!(
-            TlsError::from_rustls(&err),
-            Some(TlsError::UntrustedIssuer { .. })
-        ),
-        "{err:?}"
-    );
+    let err = refusal(&mut client, server_cfg.config());
+    assert!(matches!(err, TlsError::UntrustedIssuer { .. }), "{err:?}");
 }
 
 fn gateway_server(w: &World, g: &str) -> GatewayTlsServer {
@@ -156,8 +161,7 @@ fn gateway_session_yields_grant_and_mode() {
     let server_cfg = gateway_server(&w, "g1");
     for mode in Mode::ALL {
         let mut client = platform_to_gateway(&w, "g1", mode);
-        let mut server = ServerConnection::new(server_cfg.config()).unwrap();
-        handshake(&mut client, &mut server).unwrap();
+        let server = connect(&mut client, server_cfg.config()).unwrap();
         assert_eq!(
             client.protocol_version(),
             Some(rustls::ProtocolVersion::TLSv1_3)
@@ -174,15 +178,8 @@ fn platform_pinned_to_g2_refuses_g1() {
     let w = World::new();
     let server_cfg = gateway_server(&w, "g1");
     let mut client = platform_to_gateway(&w, "g2", Mode::Tcp);
-    let mut server = ServerConnection::new(server_cfg.config()).unwrap();
-    let err = handshake(&mut client, &mut server).unwrap_err();
-    assert!(
-        matches!(
-            TlsError::from_rustls(&err),
-            Some(TlsError::NameMismatch { .. })
-        ),
-        "{err:?}"
-    );
+    let err = refusal(&mut client, server_cfg.config());
+    assert!(matches!(err, TlsError::NameMismatch { .. }), "{err:?}");
 }
 
 #[test]
@@ -190,15 +187,8 @@ fn gateway_g2_refuses_session_for_g1() {
     let w = World::new();
     let server_cfg = gateway_server(&w, "g2");
     let mut client = platform_to_gateway(&w, "g2", Mode::Tcp);
-    let mut server = ServerConnection::new(server_cfg.config()).unwrap();
-    let err = handshake(&mut client, &mut server).unwrap_err();
-    assert!(
-        matches!(
-            TlsError::from_rustls(&err),
-            Some(TlsError::WrongGateway { .. })
-        ),
-        "{err:?}"
-    );
+    let err = refusal(&mut client, server_cfg.config());
+    assert!(matches!(err, TlsError::WrongGateway { .. }), "{err:?}");
 }
 
 #[test]
@@ -222,8 +212,7 @@ fn gateway_refuses_session_without_mode() {
     let mut config = (*config).clone();
     config.alpn_protocols.clear();
     let mut client = ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
-    let mut server = ServerConnection::new(server_cfg.config()).unwrap();
-    handshake(&mut client, &mut server).unwrap();
+    let server = connect(&mut client, server_cfg.config()).unwrap();
     assert_eq!(
         server_cfg.accept(&server, now()).unwrap_err(),
         TlsError::UnknownMode { arrived: None }
@@ -235,8 +224,7 @@ fn grant_is_rechecked_at_a_later_now() {
     let w = World::new();
     let server_cfg = gateway_server(&w, "g1");
     let mut client = platform_to_gateway(&w, "g1", Mode::Tcp);
-    let mut server = ServerConnection::new(server_cfg.config()).unwrap();
-    handshake(&mut client, &mut server).unwrap();
+    let server = connect(&mut client, server_cfg.config()).unwrap();
     let (grant, _) = server_cfg.accept(&server, now()).unwrap();
     let later = now()
         + std::time::Duration::from_secs(grant.not_after() - crate::clock::unix_now(now()) + 1);

@@ -44,3 +44,28 @@ pub(crate) fn gw(s: &str) -> GatewayId {
 pub(crate) fn name(scope: Scope, kind: AuthorityKind) -> AuthorityName {
     AuthorityName { scope, kind }
 }
+
+/// Makes an Ed25519 private key with `openssl genpkey` at `path`.
+pub(crate) fn openssl_ed25519_key(path: &Path) {
+    let out = run(
+        "openssl",
+        &[
+            "genpkey",
+            "-algorithm",
+            "ed25519",
+            "-out",
+            path.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+/// Writes a DER certificate as PEM at `path` and returns the path.
+pub(crate) fn cert_pem(path: &Path, der: &[u8]) -> std::path::PathBuf {
+    write(
+        path,
+        pem::encode(&pem::Pem::new("CERTIFICATE", der.to_vec())).as_bytes(),
+        0o644,
+    );
+    path.to_owned()
+}
