@@ -150,22 +150,20 @@ fn current_user() -> String {
         .to_owned()
 }
 
+/// Makes an unencrypted Ed25519 key pair at `path` (and `path.pub`) with ssh-keygen.
+fn ssh_keygen_ed25519(path: &Path, comment: &str) {
+    let path = path.to_str().unwrap();
+    let out = run(
+        "ssh-keygen",
+        &["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", path],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+}
+
 /// A real sshd on 127.0.0.1 trusting `ca` for users whose certificate names `principal`.
 fn start_sshd(dir: &Path, ca: &SshAuthority, principal: &str) -> Sshd {
     let host = dir.join("host_ed25519");
-    let out = run(
-        "ssh-keygen",
-        &[
-            "-q",
-            "-t",
-            "ed25519",
-            "-N",
-            "",
-            "-f",
-            host.to_str().unwrap(),
-        ],
-    );
-    assert!(out.status.success(), "{}", text(&out));
+    ssh_keygen_ed25519(&host, "relay host key");
     write(
         &dir.join("ca.pub"),
         ca.public_key().to_openssh().unwrap().as_bytes(),
@@ -302,21 +300,7 @@ fn sshd_accepts_gateway_cert_from_trusted_ca_and_refuses_other_org() {
 fn policy_judges_ssh_keygen_certificates() {
     let dir = tempfile::tempdir().unwrap();
     let ca_path = dir.path().join("ca");
-    let out = run(
-        "ssh-keygen",
-        &[
-            "-q",
-            "-t",
-            "ed25519",
-            "-N",
-            "",
-            "-C",
-            "acme ca",
-            "-f",
-            ca_path.to_str().unwrap(),
-        ],
-    );
-    assert!(out.status.success(), "{}", text(&out));
+    ssh_keygen_ed25519(&ca_path, "acme ca");
     let ca_text = std::fs::read_to_string(&ca_path).unwrap();
     let ca = SshAuthority::load(
         name(Scope::Org(org("acme")), AuthorityKind::RelaySshClient),

@@ -2,7 +2,8 @@
 
 use std::sync::Arc;
 
-use rustls::{ClientConnection, ServerConfig, ServerConnection};
+use rustls::{ClientConfig, ClientConnection, ServerConfig, ServerConnection};
+use rustls_pki_types::ServerName;
 
 use super::gateway::{
     platform_gateway_client, GatewayClientVerifier, GatewayServerVerifier, GatewayTlsServer,
@@ -137,7 +138,8 @@ fn gateway_server(w: &World, g: &str) -> GatewayTlsServer {
     GatewayTlsServer::new(key.identity(cert), verifier).unwrap()
 }
 
-fn platform_to_gateway(w: &World, g: &str, mode: Mode) -> ClientConnection {
+/// The platform's inner-session config toward gateway `g` of org a, with a session cert for g1.
+fn platform_gateway_config(w: &World, g: &str, mode: Mode) -> (ClientConfig, ServerName<'static>) {
     let key = Subject::new();
     let cert =
         w.a.gateway_client
@@ -152,7 +154,12 @@ fn platform_to_gateway(w: &World, g: &str, mode: Mode) -> ClientConnection {
         GatewayServerVerifier::new(w.a.gateway_server.certificate().clone(), org("a"), gw(g))
             .unwrap();
     let (config, name) = platform_gateway_client(key.identity(cert), verifier, mode).unwrap();
-    ClientConnection::new(config, name).unwrap()
+    ((*config).clone(), name)
+}
+
+fn platform_to_gateway(w: &World, g: &str, mode: Mode) -> ClientConnection {
+    let (config, name) = platform_gateway_config(w, g, mode);
+    ClientConnection::new(Arc::new(config), name).unwrap()
 }
 
 #[test]
@@ -195,23 +202,9 @@ fn gateway_g2_refuses_session_for_g1() {
 fn gateway_refuses_session_without_mode() {
     let w = World::new();
     let server_cfg = gateway_server(&w, "g1");
-    let key = Subject::new();
-    let cert =
-        w.a.gateway_client
-            .issue_gateway_client(
-                &key.public,
-                &permission("a", "g1"),
-                now(),
-                Lifetime::minutes(5),
-            )
-            .unwrap();
-    let verifier =
-        GatewayServerVerifier::new(w.a.gateway_server.certificate().clone(), org("a"), gw("g1"))
-            .unwrap();
-    let (config, name) = platform_gateway_client(key.identity(cert), verifier, Mode::Tcp).unwrap();
-    let mut config = (*config).clone();
+    let (mut config, name) = platform_gateway_config(&w, "g1", Mode::Tcp);
     config.alpn_protocols.clear();
-    let mut client = ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    let mut client = ClientConnection::new(Arc::new(config), name).unwrap();
     let server = connect(&mut client, server_cfg.config()).unwrap();
     assert_eq!(
         server_cfg.accept(&server, now()).unwrap_err(),
