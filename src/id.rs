@@ -158,3 +158,9 @@ mod tests {
         assert_eq!(a, "a.acme.gateway.postern.internal");
     }
 }
+
+label_id!(
+    /// A person or program allowed to open sessions to its organisation's gateways.
+    OperatorId,
+    "operator"
+);

@@ -20,6 +20,7 @@
 pub mod clock;
 pub mod id;
 pub mod pki;
+pub mod platform;
 pub mod sshcert;
 pub mod tls;
 
