@@ -8,3 +8,6 @@
 pub mod sqlite;
 pub mod store;
 pub mod token;
+pub mod limit;
+pub mod http;
+pub mod api;
