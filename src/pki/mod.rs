@@ -23,7 +23,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::id::OrgId;
 
-pub use seal::SealingKey;
+pub use seal::{write_private, write_public, SealingKey};
 pub use ssh::{
     gateway_key_id, parse_gateway_key_id, parse_relay_key_id, relay_key_id, SshAuthority,
 };

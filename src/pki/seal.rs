@@ -21,6 +21,7 @@ const FORMAT_VERSION: u8 = 1;
 const KEY_LEN: usize = 32;
 
 /// The key that seals authority private keys. Its `Debug` never shows the key.
+#[derive(Clone)]
 pub struct SealingKey {
     bytes: [u8; KEY_LEN],
 }
@@ -134,12 +135,12 @@ impl SealingKey {
 }
 
 /// Writes `contents` to `path` with mode 0600, atomically (temporary file, then rename).
-pub(crate) fn write_private(path: &Path, contents: &[u8]) -> Result<(), PkiError> {
+pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), PkiError> {
     write_with_mode(path, contents, 0o600)
 }
 
 /// Writes `contents` to `path` with mode 0644, atomically.
-pub(crate) fn write_public(path: &Path, contents: &[u8]) -> Result<(), PkiError> {
+pub fn write_public(path: &Path, contents: &[u8]) -> Result<(), PkiError> {
     write_with_mode(path, contents, 0o644)
 }
 

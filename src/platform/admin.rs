@@ -1,0 +1,1 @@
+//! What the admin command line does, as functions over an opened [`State`].
