@@ -331,7 +331,12 @@ impl Fields {
     /// A required array of 1 to `max` strings.
     pub fn strings(&mut self, name: &str, max: usize) -> Result<Vec<String>, ApiError> {
         let items = match self.take(name) {
-            None => return Err(ApiError::field(name, "missing; expected an array of strings")),
+            None => {
+                return Err(ApiError::field(
+                    name,
+                    "missing; expected an array of strings",
+                ))
+            }
             Some(Value::Array(items)) => items,
             Some(v) => {
                 return Err(ApiError::field(
@@ -459,7 +464,9 @@ mod tests {
 
     #[test]
     fn reject_unknown_field_by_name() {
-        let e = err(GatewayHeartbeat::from_body(br#"{"connected_relay":null,"x":1}"#));
+        let e = err(GatewayHeartbeat::from_body(
+            br#"{"connected_relay":null,"x":1}"#,
+        ));
         assert_eq!((e.status, e.field.as_deref()), (400, Some("x")));
     }
 
@@ -485,8 +492,13 @@ mod tests {
 
     #[test]
     fn reject_bad_hostname_lists() {
-        let base = r#""ssh_host_key":"k","tls_public_key":"k","ssh_address":"a:1","tls_address":"a:2""#;
-        for (hosts, needle) in [("[]", "1 to 16"), ("[1]", "only strings"), ("\"h\"", "array")] {
+        let base =
+            r#""ssh_host_key":"k","tls_public_key":"k","ssh_address":"a:1","tls_address":"a:2""#;
+        for (hosts, needle) in [
+            ("[]", "1 to 16"),
+            ("[1]", "only strings"),
+            ("\"h\"", "array"),
+        ] {
             let body = format!("{{{base},\"hostnames\":{hosts}}}");
             let e = err(RelayRegistration::from_body(body.as_bytes()));
             assert_eq!(e.field.as_deref(), Some("hostnames"));

@@ -200,7 +200,11 @@ mod tests {
     fn org_relays_come_before_instance_relays() {
         let f = Fixture::new();
         let got = f.view().assign(&org("a"), None, None).unwrap();
-        assert_eq!(names(&got), ["a1"], "a2 is not live, instance relays are another kind");
+        assert_eq!(
+            names(&got),
+            ["a1"],
+            "a2 is not live, instance relays are another kind"
+        );
         let got = f.view().assign(&org("c"), None, None).unwrap();
         assert_eq!(names(&got), ["inst1", "inst2"]);
     }
@@ -210,7 +214,10 @@ mod tests {
         let f = Fixture::new();
         let got = f.view().assign(&org("a"), None, Some(&id("b1"))).unwrap();
         assert_eq!(names(&got), ["a1"]);
-        let err = f.view().assign(&org("a"), Some(&id("b1")), None).unwrap_err();
+        let err = f
+            .view()
+            .assign(&org("a"), Some(&id("b1")), None)
+            .unwrap_err();
         assert!(matches!(err, AssignError::PinnedRelayUnusable { .. }));
     }
 
@@ -220,7 +227,10 @@ mod tests {
         f.load.insert(id("inst1"), 5);
         let got = f.view().assign(&org("c"), None, None).unwrap();
         assert_eq!(names(&got)[0], "inst2");
-        let got = f.view().assign(&org("c"), None, Some(&id("inst1"))).unwrap();
+        let got = f
+            .view()
+            .assign(&org("c"), None, Some(&id("inst1")))
+            .unwrap();
         assert_eq!(names(&got)[0], "inst1", "a live current relay is kept");
     }
 
@@ -232,7 +242,10 @@ mod tests {
         assert_eq!(names(&got), ["inst1", "inst2"]);
         let got = f.view().assign(&org("a"), Some(&id("a2")), None).unwrap();
         assert_eq!(names(&got), ["a2"]);
-        let err = f.view().assign(&org("a"), Some(&id("a1")), None).unwrap_err();
+        let err = f
+            .view()
+            .assign(&org("a"), Some(&id("a1")), None)
+            .unwrap_err();
         assert!(err.to_string().contains("revoked"));
     }
 

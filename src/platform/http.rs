@@ -107,6 +107,20 @@ impl Default for Limits {
     }
 }
 
+/// The API listener's rustls configuration: TLS 1.3, no client certificates, and a leaf issued
+/// (and re-issued before expiry) by the API CA.
+pub fn api_tls_config(
+    ca: &Arc<super::state::ApiCa>,
+    now: std::time::SystemTime,
+) -> Result<Arc<ServerConfig>, super::PlatformError> {
+    let config = ServerConfig::builder_with_provider(crate::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| super::PlatformError::State(format!("API TLS: {e}")))?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(ca.resolver(now)?));
+    Ok(Arc::new(config))
+}
+
 /// Serves `listener` until `stop` is set (checked after each accepted connection).
 pub fn serve(
     listener: TcpListener,
@@ -123,7 +137,10 @@ pub fn serve(
         let Ok(stream) = stream else { continue };
         if active.fetch_add(1, Ordering::SeqCst) >= limits.max_connections {
             active.fetch_sub(1, Ordering::SeqCst);
-            log::warn!("refused a connection: {} already open", limits.max_connections);
+            log::warn!(
+                "refused a connection: {} already open",
+                limits.max_connections
+            );
             continue;
         }
         let (tls, handler, active2) = (tls.clone(), handler.clone(), active.clone());
@@ -234,7 +251,10 @@ pub fn read_request(r: &mut impl Read, peer: IpAddr) -> Result<Request, Refusal>
     let mut bearer = None;
     for h in parsed.headers.iter() {
         if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            return Err(reply(411, "chunked bodies are not accepted; send Content-Length"));
+            return Err(reply(
+                411,
+                "chunked bodies are not accepted; send Content-Length",
+            ));
         } else if h.name.eq_ignore_ascii_case("content-length") {
             let n = std::str::from_utf8(h.value)
                 .ok()

@@ -324,12 +324,23 @@ impl Platform {
             tunnels: existing.map_or(0, |e| e.tunnels),
         };
         self.store.put_relay(&record).map_err(internal)?;
-        log::info!("{} {name}", if renew { "renewed relay" } else { "registered relay" });
+        log::info!(
+            "{} {name}",
+            if renew {
+                "renewed relay"
+            } else {
+                "registered relay"
+            }
+        );
         Ok(RelayCredentials {
             relay: name.to_string(),
             org: who.org.map(|o| o.to_string()),
             ssh_host_certificate: host_cert.to_openssh().map_err(internal)?,
-            ssh_user_ca: cas.ssh_client().public_key().to_openssh().map_err(internal)?,
+            ssh_user_ca: cas
+                .ssh_client()
+                .public_key()
+                .to_openssh()
+                .map_err(internal)?,
             tls_chain: vec![pem_cert(&tls_leaf), cas.pki_server().certificate_pem()],
             tls_client_ca: cas.pki_client().certificate_pem(),
             not_after: record.cert_not_after,
@@ -377,7 +388,7 @@ impl Platform {
     fn relay_view_parts(
         &self,
         except: (&OrgId, &GatewayId),
-    ) -> Result<(Vec<RelayRecord>, HashSet<RelayId>, HashMap<RelayId, usize>), ApiError> {
+    ) -> Result<RegistryParts, ApiError> {
         let relays = self.store.relays().map_err(internal)?;
         let revoked = self
             .store
@@ -472,8 +483,15 @@ impl Platform {
             gateway: gw.to_string(),
             relays: relays.iter().map(endpoint).collect(),
             ssh_certificate: ssh_cert.to_openssh().map_err(internal)?,
-            relay_host_ca: cas.ssh_server().public_key().to_openssh().map_err(internal)?,
-            tls_chain: vec![pem_cert(&tls_leaf), org_cas.gateway_server.certificate_pem()],
+            relay_host_ca: cas
+                .ssh_server()
+                .public_key()
+                .to_openssh()
+                .map_err(internal)?,
+            tls_chain: vec![
+                pem_cert(&tls_leaf),
+                org_cas.gateway_server.certificate_pem(),
+            ],
             gateway_client_ca: org_cas.gateway_client.certificate_pem(),
             not_after: record.cert_not_after,
             renew_after: renew_after(unix, self.config.gateway_cert_secs),
@@ -481,7 +499,11 @@ impl Platform {
         })
     }
 
-    fn gateway_heartbeat(&self, req: &Request, now: SystemTime) -> Result<HeartbeatReply, ApiError> {
+    fn gateway_heartbeat(
+        &self,
+        req: &Request,
+        now: SystemTime,
+    ) -> Result<HeartbeatReply, ApiError> {
         let who = self.authenticate(req, Role::Gateway, now)?;
         let body = GatewayHeartbeat::from_body(&req.body)?;
         let (org, gw) = Self::gateway_identity(&who)?;
@@ -520,8 +542,8 @@ impl Platform {
             .clone()
             .ok_or_else(|| internal("operator identity without an org"))?;
         let body = SessionRequest::from_body(&req.body)?;
-        let gw = GatewayId::new(&body.gateway)
-            .map_err(|e| ApiError::field("gateway", e.to_string()))?;
+        let gw =
+            GatewayId::new(&body.gateway).map_err(|e| ApiError::field("gateway", e.to_string()))?;
         let target = Target::parse(&body.target).map_err(|e| ApiError::field("target", e))?;
         let ttl = body.ttl_secs;
         if ttl == 0 || ttl > self.config.max_session_secs {
@@ -616,7 +638,10 @@ impl Platform {
             .gateway(org, gw)
             .map_err(internal)?
             .ok_or_else(|| {
-                ApiError::new(409, format!("gateway {gw} in org {org} has not registered yet"))
+                ApiError::new(
+                    409,
+                    format!("gateway {gw} in org {org} has not registered yet"),
+                )
             })?;
         let unix = unix_now(now);
         let fresh = record
@@ -645,6 +670,9 @@ impl Platform {
         Ok(relay)
     }
 }
+
+/// Relays, revoked relay names, and gateways per relay.
+type RegistryParts = (Vec<RelayRecord>, HashSet<RelayId>, HashMap<RelayId, usize>);
 
 const ENDPOINTS: &[&str] = &[
     "/v1/health",

@@ -11,9 +11,7 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use super::store::{
-    GatewayRecord, IdentityRecord, RelayRecord, SessionRecord, Store, StoreError,
-};
+use super::store::{GatewayRecord, IdentityRecord, RelayRecord, SessionRecord, Store, StoreError};
 use super::token::Role;
 use crate::id::{GatewayId, OrgId, RelayId};
 
@@ -212,7 +210,8 @@ impl SqliteStore {
 
     fn prepare(conn: Connection) -> Result<Self, StoreError> {
         conn.busy_timeout(Duration::from_secs(5)).map_err(backend)?;
-        conn.execute_batch("PRAGMA foreign_keys = ON;").map_err(backend)?;
+        conn.execute_batch("PRAGMA foreign_keys = ON;")
+            .map_err(backend)?;
         conn.execute_batch(SCHEMA).map_err(backend)?;
         Ok(Self {
             conn: Mutex::new(conn),
@@ -392,6 +391,14 @@ impl Store for SqliteStore {
         )
     }
 
+    fn identities(&self, role: Role) -> Result<Vec<IdentityRecord>, StoreError> {
+        self.query_all(
+            &format!("SELECT {IDENTITY_COLS} FROM identities WHERE role = ?1 ORDER BY org, name"),
+            params![role.as_str()],
+            identity_row,
+        )
+    }
+
     fn revoked(&self, role: Role, org: Option<&OrgId>) -> Result<Vec<IdentityRecord>, StoreError> {
         let sql = format!(
             "SELECT {IDENTITY_COLS} FROM identities WHERE role = ?1 AND revoked_at IS NOT NULL \
@@ -405,8 +412,8 @@ impl Store for SqliteStore {
     }
 
     fn put_relay(&self, r: &RelayRecord) -> Result<(), StoreError> {
-        let hostnames = serde_json::to_string(&r.hostnames)
-            .map_err(|e| StoreError::Backend(e.to_string()))?;
+        let hostnames =
+            serde_json::to_string(&r.hostnames).map_err(|e| StoreError::Backend(e.to_string()))?;
         self.lock()
             .execute(
                 &format!(

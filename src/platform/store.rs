@@ -27,7 +27,9 @@ impl fmt::Display for StoreError {
         match self {
             Self::Exists(what) => write!(f, "{what} exists already"),
             Self::NotFound(what) => write!(f, "{what} does not exist"),
-            Self::Corrupt(what) => write!(f, "the state database holds an unreadable value: {what}"),
+            Self::Corrupt(what) => {
+                write!(f, "the state database holds an unreadable value: {what}")
+            }
             Self::Backend(what) => write!(f, "state database: {what}"),
         }
     }
@@ -170,6 +172,8 @@ pub trait Store: Send + Sync {
         name: &str,
         now: u64,
     ) -> Result<(), StoreError>;
+    /// Every identity of `role`, ordered by org and name.
+    fn identities(&self, role: Role) -> Result<Vec<IdentityRecord>, StoreError>;
     /// Every revoked identity of `role`, optionally only in `org`.
     fn revoked(&self, role: Role, org: Option<&OrgId>) -> Result<Vec<IdentityRecord>, StoreError>;
 

@@ -163,7 +163,12 @@ pub struct Enrolment {
 
 impl fmt::Debug for Enrolment {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Enrolment({:?}, api CA {})", self.token, hex(&self.api_ca))
+        write!(
+            f,
+            "Enrolment({:?}, api CA {})",
+            self.token,
+            hex(&self.api_ca)
+        )
     }
 }
 
@@ -172,9 +177,12 @@ impl Enrolment {
     pub fn parse(text: &str) -> Result<Self, TokenError> {
         let mut parts = text.trim().split('.');
         let token = Token::from_parts(&mut parts)?;
-        let api_ca = parts.next().and_then(unhex::<32>).ok_or(TokenError::Format(
-            "expected ptk1.<id>.<secret>.<64-hex-digit API CA fingerprint>",
-        ))?;
+        let api_ca = parts
+            .next()
+            .and_then(unhex::<32>)
+            .ok_or(TokenError::Format(
+                "expected ptk1.<id>.<secret>.<64-hex-digit API CA fingerprint>",
+            ))?;
         if parts.next().is_some() {
             return Err(TokenError::Format("expected four dot-separated parts"));
         }
@@ -200,7 +208,8 @@ pub fn hex(bytes: &[u8]) -> String {
 }
 
 fn is_lower_hex(s: &str) -> bool {
-    s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
