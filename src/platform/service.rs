@@ -385,10 +385,7 @@ impl Platform {
 
     // ---- gateways ----------------------------------------------------------------------
 
-    fn relay_view_parts(
-        &self,
-        except: (&OrgId, &GatewayId),
-    ) -> Result<RegistryParts, ApiError> {
+    fn relay_view_parts(&self, except: (&OrgId, &GatewayId)) -> Result<RegistryParts, ApiError> {
         let relays = self.store.relays().map_err(internal)?;
         let revoked = self
             .store
