@@ -15,14 +15,19 @@ use crate::pki::Lifetime;
 
 const AUTHORITY_DAYS: u64 = 3650;
 
-/// Creates an organisation and its six authorities, as one transaction.
+/// Creates an organisation and its six authorities, as one transaction: if any authority
+/// cannot be created, the org is not recorded and the authorities made so far are removed.
 pub fn create_org(state: &State, org: &OrgId, now: SystemTime) -> Result<(), PlatformError> {
     let authorities = &state.authorities;
+    let dir = state.dir.join("authorities").join("org").join(org.as_str());
     state.store.create_org(org, unix_now(now), &mut || {
-        authorities
-            .create_org(org, now, Lifetime::days(AUTHORITY_DAYS))
-            .map(drop)
-            .map_err(|e| e.to_string())
+        let made = authorities.create_org(org, now, Lifetime::days(AUTHORITY_DAYS));
+        if let Err(e) = &made {
+            if !matches!(e, crate::pki::PkiError::AlreadyExists(_)) {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+        }
+        made.map(drop).map_err(|e| e.to_string())
     })?;
     Ok(())
 }
