@@ -21,6 +21,7 @@ pub mod clock;
 pub mod id;
 pub mod pki;
 pub mod platform;
+pub mod relay;
 pub mod sshcert;
 pub mod tls;
 

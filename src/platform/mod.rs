@@ -12,6 +12,7 @@ pub mod admin;
 pub mod api;
 pub mod assign;
 pub mod client;
+pub mod dial;
 pub mod http;
 pub mod limit;
 pub mod service;

@@ -3,6 +3,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub(crate) mod platform;
+pub(crate) mod relay;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
