@@ -108,7 +108,9 @@ fn openssh_gateway_tunnel_carries_data_from_the_platform() {
     let (creds, key) = session(&w.alice, "g1", "127.0.0.1:1");
     assert_eq!(creds.relay.name, "r0");
     let mut stream = dial(&creds, key).unwrap();
-    let payload: Vec<u8> = (0..200_000u32).map(|i| u8::try_from(i % 251).unwrap()).collect();
+    let payload: Vec<u8> = (0..200_000u32)
+        .map(|i| u8::try_from(i % 251).unwrap())
+        .collect();
     exchange(&mut stream, &payload, "A1:");
     exchange(&mut stream, b"again", "");
     drop(stream);
@@ -414,4 +416,25 @@ fn relay_stops_cleanly_on_sigterm_and_closes_tunnels() {
         assert!(Instant::now() < deadline, "the tunnel outlived the relay");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+#[test]
+fn half_close_reaches_the_target_and_the_reply_still_arrives() {
+    let w = world();
+    let _ssh = w.openssh_gateway("a", "g1", "A1:");
+    w.relay.wait_tunnels(1);
+    let (creds, key) = session(&w.alice, "g1", "127.0.0.1:1");
+    let mut stream = dial(&creds, key).unwrap();
+    let payload = vec![7u8; 100_000];
+    stream.write_all(&payload).unwrap();
+    stream.conn.send_close_notify();
+    stream.flush().unwrap();
+    let mut got = Vec::new();
+    stream.read_to_end(&mut got).unwrap();
+    assert_eq!(&got[..3], b"A1:");
+    assert_eq!(
+        &got[3..],
+        &payload[..],
+        "the reply after our half-close was cut short"
+    );
 }
