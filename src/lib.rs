@@ -18,6 +18,9 @@
 #![forbid(unsafe_code)]
 
 pub mod clock;
+pub mod enrol;
+pub mod frame;
+pub mod gateway;
 pub mod id;
 pub mod pki;
 pub mod platform;

@@ -11,10 +11,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use common::platform::TestPlatform;
 use common::relay::*;
+use postern::frame::Status;
 use postern::pki::Lifetime;
 use postern::platform::client::ApiClient;
 use postern::platform::dial::DialError;
-use postern::relay::frame::Status;
 
 struct Kill(Child);
 

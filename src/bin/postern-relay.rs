@@ -9,8 +9,9 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use argh::FromArgs;
+use postern::enrol::{api_client, EnrolError, Keys};
 use postern::platform::token::Enrolment;
-use postern::relay::agent::{self, Keys, Settings};
+use postern::relay::agent::{self, Settings};
 use postern::relay::{serve_metrics, serve_platforms, serve_ssh, Limits, Shared};
 use tokio::net::TcpListener;
 
@@ -176,11 +177,11 @@ async fn serve(run: Run) -> Fallible {
     };
     let limits = Limits::default();
     let keys = Keys::load_or_create(&state).map_err(|e| e.to_string())?;
-    let registration = keys.registration(&settings).map_err(|e| e.to_string())?;
+    let registration = agent::registration(&keys, &settings).map_err(|e| e.to_string())?;
     let (client, creds) = tokio::task::spawn_blocking({
         let (settings, registration) = (settings.clone(), registration.clone());
-        move || -> Result<_, agent::AgentError> {
-            let client = agent::api_client(&settings)?;
+        move || -> Result<_, EnrolError> {
+            let client = api_client(&settings.state, &settings.platform_url, &settings.enrolment)?;
             let creds = client.relay_register(&registration)?;
             Ok((client, creds))
         }

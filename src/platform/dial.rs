@@ -2,7 +2,7 @@
 //! the relay's status frame. What follows on the stream is the splice to the gateway.
 
 use std::fmt;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +11,7 @@ use rustls::{ClientConnection, StreamOwned};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::api::SessionCredentials;
-use crate::relay::frame::{Frame, Status};
+use crate::frame::{Frame, Status};
 use crate::tls::relay::{platform_relay_client, RelayServerVerifier};
 use crate::tls::{server_name, Identity, TlsError};
 
@@ -130,4 +130,79 @@ fn connect(address: &str, timeout: Duration) -> Result<TcpStream, DialError> {
     tcp.set_write_timeout(Some(timeout))
         .map_err(|e| unreachable(&e))?;
     Ok(tcp)
+}
+
+/// The end-to-end stream to a target: the inner TLS session, inside the relay splice.
+pub type GatewayStream = StreamOwned<ClientConnection, RelayStream>;
+
+/// Opens the whole path for `session`: the relay hop ([`dial_relay`]), then [`open_inner`].
+/// The relay socket's read timeout (`timeout`) bounds every phase and is lifted once connected.
+pub fn dial_gateway(
+    session: &SessionCredentials,
+    relay_key: PrivateKeyDer<'static>,
+    gateway_key: PrivateKeyDer<'static>,
+    mode: crate::tls::Mode,
+    timeout: Duration,
+) -> Result<GatewayStream, DialError> {
+    let relay = dial_relay(session, relay_key, timeout)?;
+    relay
+        .sock
+        .set_read_timeout(Some(timeout))
+        .map_err(|e| DialError::Unreachable(e.to_string()))?;
+    let stream = open_inner(relay, session, gateway_key, mode)?;
+    stream
+        .sock
+        .sock
+        .set_read_timeout(None)
+        .map_err(|e| DialError::Unreachable(e.to_string()))?;
+    Ok(stream)
+}
+
+/// The inner TLS 1.3 session over `transport`, pinned to the session's gateway (client key
+/// `gateway_key`), the request for the session's target in `mode`, and the gateway's answer.
+/// Returns the stream after a `connected` answer; any other answer is [`DialError::Refused`]
+/// with the gateway's words. The caller bounds the transport's blocking (read timeouts).
+pub fn open_inner<S: Read + Write>(
+    transport: S,
+    session: &SessionCredentials,
+    gateway_key: PrivateKeyDer<'static>,
+    mode: crate::tls::Mode,
+) -> Result<StreamOwned<ClientConnection, S>, DialError> {
+    use crate::id::{GatewayId, OrgId};
+    use crate::tls::gateway::{platform_gateway_client, GatewayServerVerifier};
+    let org = OrgId::new(&session.org).map_err(|e| DialError::Session(e.to_string()))?;
+    let gw = GatewayId::new(&session.gateway).map_err(|e| DialError::Session(e.to_string()))?;
+    let verifier = GatewayServerVerifier::new(
+        cert(&session.gateway_server_ca, "gateway_server_ca")?,
+        org,
+        gw,
+    )
+    .map_err(|e| DialError::Session(e.to_string()))?;
+    let identity = Identity {
+        chain: vec![cert(
+            &session.gateway_client_certificate,
+            "gateway_client_certificate",
+        )?],
+        key: gateway_key,
+    };
+    let (config, name) = platform_gateway_client(identity, verifier, mode)
+        .map_err(|e| DialError::Session(e.to_string()))?;
+    let conn = ClientConnection::new(config, name).map_err(|e| DialError::Tls(e.to_string()))?;
+    let mut stream = StreamOwned::new(conn, transport);
+    while stream.conn.is_handshaking() {
+        stream
+            .conn
+            .complete_io(&mut stream.sock)
+            .map_err(|e| tls_error(&e))?;
+    }
+    let request = Frame::new(Status::Request, session.target.clone());
+    stream
+        .write_all(&request.encode())
+        .map_err(|e| tls_error(&e))?;
+    stream.flush().map_err(|e| tls_error(&e))?;
+    let answer = Frame::read_from(&mut stream).map_err(|e| tls_error(&e))?;
+    if answer.status != Status::Connected {
+        return Err(DialError::Refused(answer));
+    }
+    Ok(stream)
 }

@@ -8,7 +8,7 @@
 //! ```
 //! - [`ssh`]: certificate-only SSH server (russh); forwards become routing entries.
 //! - `platform`: the mTLS listener; the (org, gateway) in the client certificate selects the
-//!   tunnel, and the answer is a typed [`frame::Frame`] before any spliced byte.
+//!   tunnel, and the answer is a typed [`crate::frame::Frame`] before any spliced byte.
 //! - [`registry`]: routing entries, revocations, per-tenant connection slots.
 //! - [`agent`]: enrolment, renewal, heartbeats and revocation polling against the platform.
 //! - [`metrics`]: Prometheus counters and the health/metrics listener.
@@ -17,7 +17,6 @@
 //! the SSH channel; the inner TLS session between platform and gateway passes through opaque.
 
 pub mod agent;
-pub mod frame;
 pub mod metrics;
 mod platform;
 pub mod registry;

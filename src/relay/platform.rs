@@ -12,9 +12,9 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
-use super::frame::{Frame, Status};
 use super::metrics::Refusal;
 use super::Shared;
+use crate::frame::{Frame, Status};
 use crate::tls::TlsError;
 
 /// Splice buffer per direction.

@@ -17,6 +17,8 @@ use super::platform::TestPlatform;
 /// A running relay.
 pub(crate) struct TestRelay {
     child: Child,
+    args: (String, String),
+    env: Vec<(String, String)>,
     pub(crate) ssh_port: u16,
     pub(crate) tls: String,
     pub(crate) metrics: String,
@@ -42,25 +44,30 @@ impl TestRelay {
     /// Starts `postern-relay run` on 127.0.0.1 port 0 enrolled with `enrolment`.
     pub(crate) fn start(platform: &TestPlatform, enrolment: &Enrolment) -> Self {
         let dir = tempfile::tempdir().unwrap();
+        let env = vec![
+            ("POSTERN_STATE".to_owned(), dir.path().display().to_string()),
+            ("POSTERN_PLATFORM".to_owned(), platform.url.clone()),
+            ("POSTERN_TOKEN".to_owned(), enrolment.expose()),
+        ];
+        let (child, line) = Self::spawn(&env, "127.0.0.1:0", "127.0.0.1:0");
+        let ssh = field(&line, "ssh ");
+        Self {
+            ssh_port: ssh.rsplit(':').next().unwrap().parse().unwrap(),
+            tls: field(&line, "tls ").to_owned(),
+            metrics: field(&line, "metrics ").to_owned(),
+            args: (ssh.to_owned(), field(&line, "tls ").to_owned()),
+            env,
+            child,
+            _dir: dir,
+        }
+    }
+
+    fn spawn(env: &[(String, String)], ssh: &str, tls: &str) -> (Child, String) {
         let mut child = Command::new(env!("CARGO_BIN_EXE_postern-relay"))
-            .args([
-                "run",
-                "--ssh-listen",
-                "127.0.0.1:0",
-                "--tls-listen",
-                "127.0.0.1:0",
-            ])
-            .args([
-                "--metrics-listen",
-                "127.0.0.1:0",
-                "--hostname",
-                "127.0.0.1",
-                "--hostname",
-                "localhost",
-            ])
-            .env("POSTERN_STATE", dir.path())
-            .env("POSTERN_PLATFORM", &platform.url)
-            .env("POSTERN_TOKEN", enrolment.expose())
+            .args(["run", "--ssh-listen", ssh, "--tls-listen", tls])
+            .args(["--metrics-listen", "127.0.0.1:0", "--hostname", "127.0.0.1"])
+            .args(["--hostname", "localhost"])
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
@@ -74,14 +81,17 @@ impl TestRelay {
             .read_line(&mut line)
             .unwrap();
         assert!(line.contains("ready"), "relay did not start: {line:?}");
-        let ssh = field(&line, "ssh ");
-        Self {
-            ssh_port: ssh.rsplit(':').next().unwrap().parse().unwrap(),
-            tls: field(&line, "tls ").to_owned(),
-            metrics: field(&line, "metrics ").to_owned(),
-            child,
-            _dir: dir,
-        }
+        (child, line)
+    }
+
+    /// Kills the relay (SIGKILL: no goodbye to anyone) and starts it again on the same ports
+    /// with the same state.
+    pub(crate) fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let (child, line) = Self::spawn(&self.env, &self.args.0, &self.args.1);
+        self.child = child;
+        self.metrics = field(&line, "metrics ").to_owned();
     }
 
     /// Sends SIGTERM and waits (bounded) for a clean exit.
@@ -105,7 +115,8 @@ impl TestRelay {
     /// `GET path` on the metrics listener.
     pub(crate) fn get(&self, path: &str) -> String {
         let mut s = TcpStream::connect(&self.metrics).unwrap();
-        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).unwrap();
         out

@@ -1,4 +1,8 @@
-//! The relay's answer to a platform connection, sent once right after the outer TLS handshake.
+//! The one frame of postern's tunnel protocol, used at the two points where a peer must say
+//! what happened before bytes flow:
+//! - the relay answers each platform connection right after the outer TLS handshake;
+//! - inside the inner TLS session, the platform names the target it wants ([`Status::Request`])
+//!   and the gateway answers before any target byte.
 //!
 //! ```text
 //! +---------+------+----------------+---------------------+
@@ -24,7 +28,8 @@ pub const HEADER: usize = 4;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Status {
-    /// The gateway's tunnel accepted a channel; the splice follows.
+    /// The relay: the gateway's tunnel accepted a channel, the splice follows. The gateway: the
+    /// target is connected (or the ping/health mode is ready).
     Connected,
     /// No tunnel from that gateway is up at this relay.
     NotConnected,
@@ -34,8 +39,14 @@ pub enum Status {
     Busy,
     /// The gateway's tunnel did not accept a channel.
     GatewayUnreachable,
-    /// The relay is stopping.
+    /// The relay or gateway is stopping.
     Stopping,
+    /// Platform to gateway: the target wanted (the message is `host:port`).
+    Request,
+    /// The session certificate does not permit what was asked.
+    NotPermitted,
+    /// The gateway could not connect to the target.
+    TargetUnreachable,
 }
 
 impl Status {
@@ -47,6 +58,9 @@ impl Status {
             Self::Busy => 3,
             Self::GatewayUnreachable => 4,
             Self::Stopping => 5,
+            Self::Request => 6,
+            Self::NotPermitted => 7,
+            Self::TargetUnreachable => 8,
         }
     }
 
@@ -58,6 +72,9 @@ impl Status {
             Self::Busy,
             Self::GatewayUnreachable,
             Self::Stopping,
+            Self::Request,
+            Self::NotPermitted,
+            Self::TargetUnreachable,
         ]
         .into_iter()
         .find(|s| s.code() == code)
@@ -72,6 +89,9 @@ impl Status {
             Self::Busy => "busy",
             Self::GatewayUnreachable => "gateway_unreachable",
             Self::Stopping => "stopping",
+            Self::Request => "request",
+            Self::NotPermitted => "not_permitted",
+            Self::TargetUnreachable => "target_unreachable",
         }
     }
 }
@@ -227,6 +247,7 @@ mod tests {
     fn reject_unknown_version_code_length_and_text() {
         assert_eq!(Frame::decode(&[2, 0, 0, 0]), Err(FrameError::Version(2)));
         assert_eq!(Frame::decode(&[1, 99, 0, 0]), Err(FrameError::Code(99)));
+        assert_eq!(Frame::decode(&[1, 9, 0, 0]), Err(FrameError::Code(9)));
         assert_eq!(
             Frame::decode(&[1, 0, 0x04, 0x01]),
             Err(FrameError::TooLong(1025))

@@ -1,0 +1,143 @@
+//! `postern-gateway`: the edge-box gateway. Thin: flags in, library calls out.
+//!
+//! Every flag can also be given as `POSTERN_<FLAG>` in the environment. The enrolment string
+//! comes from `--token-file` / `POSTERN_TOKEN_FILE` or `POSTERN_TOKEN`; proxy credentials from
+//! `--proxy-auth-file`; never from argv.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::str::FromStr;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use argh::FromArgs;
+use postern::gateway::proxy::Proxy;
+use postern::gateway::supervisor::{run, Settings};
+use postern::platform::token::Enrolment;
+
+#[derive(FromArgs)]
+/// postern gateway: keeps an SSH tunnel to its relay and serves end-to-end TLS sessions.
+struct Cli {
+    #[argh(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand)]
+enum Cmd {
+    Run(Run),
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand, name = "run")]
+/// register with the platform and serve until SIGTERM
+struct Run {
+    /// state directory for keys and the pinned API CA (env POSTERN_STATE)
+    #[argh(option)]
+    state: Option<PathBuf>,
+    /// platform API URL, https://host:port (env POSTERN_PLATFORM)
+    #[argh(option)]
+    platform: Option<String>,
+    /// file holding the enrolment string (env POSTERN_TOKEN_FILE; or the string itself in
+    /// POSTERN_TOKEN)
+    #[argh(option)]
+    token_file: Option<PathBuf>,
+    /// HTTP CONNECT proxy host:port for the SSH connection (env POSTERN_PROXY)
+    #[argh(option)]
+    proxy: Option<String>,
+    /// file holding user:password for the proxy (env POSTERN_PROXY_AUTH_FILE)
+    #[argh(option)]
+    proxy_auth_file: Option<PathBuf>,
+    /// health and metrics listen address (env POSTERN_HEALTH_LISTEN; default 127.0.0.1:9434)
+    #[argh(option)]
+    health_listen: Option<String>,
+    /// seconds each blocking phase of a tunnel may take (env POSTERN_TIMEOUT_SECS; default 10)
+    #[argh(option)]
+    timeout_secs: Option<u64>,
+}
+
+type Fallible<T = ()> = Result<T, String>;
+
+fn flag<T: FromStr>(value: Option<T>, var: &str) -> Fallible<Option<T>>
+where
+    T::Err: std::fmt::Display,
+{
+    if value.is_some() {
+        return Ok(value);
+    }
+    let name = format!("POSTERN_{var}");
+    match std::env::var(&name) {
+        Ok(text) if !text.is_empty() => text
+            .parse()
+            .map(Some)
+            .map_err(|e| format!("{name}={text:?}: {e}")),
+        _ => Ok(None),
+    }
+}
+
+fn read(path: &PathBuf) -> Fallible<String> {
+    std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let Cmd::Run(args) = argh::from_env::<Cli>().cmd;
+    match serve(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("postern-gateway: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(args: Run) -> Fallible {
+    let state: PathBuf = flag(args.state, "STATE")?
+        .ok_or("missing the state directory: pass --state or set POSTERN_STATE")?;
+    let platform_url: String = flag(args.platform, "PLATFORM")?
+        .ok_or("missing the platform URL: pass --platform or set POSTERN_PLATFORM")?;
+    let text = match flag(args.token_file, "TOKEN_FILE")? {
+        Some(path) => read(&path)?,
+        None => std::env::var("POSTERN_TOKEN").map_err(|_| {
+            "no enrolment string: pass --token-file, or set POSTERN_TOKEN_FILE or POSTERN_TOKEN"
+        })?,
+    };
+    let enrolment = Enrolment::parse(&text).map_err(|e| format!("enrolment string: {e}"))?;
+    let proxy = match flag(args.proxy, "PROXY")? {
+        None => None,
+        Some(address) => Some(Proxy {
+            address,
+            credentials: flag(args.proxy_auth_file, "PROXY_AUTH_FILE")?
+                .map(|p| read(&p))
+                .transpose()?,
+        }),
+    };
+    let health_addr =
+        flag(args.health_listen, "HEALTH_LISTEN")?.unwrap_or_else(|| "127.0.0.1:9434".into());
+    let health = TcpListener::bind(&health_addr)
+        .map_err(|e| format!("health listen on {health_addr}: {e}"))?;
+    let health_local = health
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let stopping = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, stopping.clone())
+            .map_err(|e| format!("signal handler: {e}"))?;
+    }
+    let settings = Settings {
+        state,
+        platform_url,
+        enrolment,
+        proxy,
+        timeout: Duration::from_secs(flag(args.timeout_secs, "TIMEOUT_SECS")?.unwrap_or(10)),
+    };
+    let on_ready = Box::new(move |who: &str, relay: &str| {
+        println!("postern-gateway: {who} ready: tunnel to relay {relay}, health {health_local}");
+    });
+    run(settings, stopping, Some(health), on_ready).map_err(|e| e.to_string())?;
+    log::info!("stopped");
+    Ok(())
+}

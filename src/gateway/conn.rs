@@ -1,0 +1,487 @@
+//! One tunnelled connection: the end-to-end TLS 1.3 server, the permission check, and the
+//! proxy to the target. Runs on its own small-stack thread; talks to the pump thread only
+//! through two bounded queues, so a slow target slows its own channel and nothing else.
+//!
+//! After the handshake (client certificate checked against exactly the org Gateway Client CA,
+//! for this gateway, and the mode taken from ALPN), the platform sends one
+//! [`Status::Request`] frame naming the target; the gateway answers with one frame before any
+//! target byte: `connected`, `not_permitted` (the certificate permits another target) or
+//! `target_unreachable` (with the dial error). The session is cut, without a TLS close, when the
+//! client certificate expires, so the platform sees an error and never a silent short stream.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rustls::ServerConnection;
+
+use super::proxy::dial;
+use super::Shared;
+use crate::frame::{Frame, Status};
+use crate::tls::gateway::SessionGrant;
+use crate::tls::Mode;
+
+/// Bytes between the pump and a connection thread.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Chunk {
+    /// Channel data.
+    Data(Vec<u8>),
+    /// The sender will send no more (SSH EOF).
+    Eof,
+    /// Tear the channel down now.
+    Abort,
+}
+
+/// Queue depth each way, in chunks of up to 32 KiB.
+pub const QUEUE: usize = 16;
+/// Deadline for the TLS handshake and the request frame.
+pub const HANDSHAKE: Duration = Duration::from_secs(10);
+/// Deadline for dialling the target.
+pub const DIAL: Duration = Duration::from_secs(10);
+
+/// The connection thread's ends of its queues, and how to wake the pump.
+pub struct Pipe {
+    /// From the pump.
+    pub rx: Receiver<Chunk>,
+    /// To the pump.
+    pub tx: SyncSender<Chunk>,
+    /// Wakes the pump after a send or a receive.
+    pub wake: Arc<dyn Fn() + Send + Sync>,
+}
+
+impl std::fmt::Debug for Pipe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Pipe")
+    }
+}
+
+/// The receiving half as `Read`, with an optional deadline.
+struct Inbound {
+    rx: Receiver<Chunk>,
+    wake: Arc<dyn Fn() + Send + Sync>,
+    buf: Vec<u8>,
+    pos: usize,
+    deadline: Option<Instant>,
+    ended: bool,
+}
+
+impl Read for Inbound {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.pos >= self.buf.len() {
+            if self.ended {
+                return Ok(0);
+            }
+            let chunk = match self.deadline {
+                None => self.rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                Some(d) => self
+                    .rx
+                    .recv_timeout(d.saturating_duration_since(Instant::now())),
+            };
+            (self.wake)();
+            match chunk {
+                Ok(Chunk::Data(d)) => {
+                    self.buf = d;
+                    self.pos = 0;
+                }
+                Ok(Chunk::Eof | Chunk::Abort) | Err(RecvTimeoutError::Disconnected) => {
+                    self.ended = true;
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "handshake deadline",
+                    ))
+                }
+            }
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// The sending half as `Write`.
+#[derive(Clone)]
+struct Outbound {
+    tx: SyncSender<Chunk>,
+    wake: Arc<dyn Fn() + Send + Sync>,
+}
+
+impl Outbound {
+    fn send(&self, chunk: Chunk) -> io::Result<()> {
+        let sent = self.tx.send(chunk);
+        (self.wake)();
+        sent.map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "tunnel channel closed"))
+    }
+}
+
+impl Write for Outbound {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.send(Chunk::Data(buf.to_vec()))?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Why a connection ended early. Logged with the phase.
+#[derive(Debug)]
+pub enum ConnError {
+    /// The TLS handshake failed or timed out (bad client certificate, no ALPN, …).
+    Handshake(String),
+    /// The certificate passed rustls but not the grant check.
+    Grant(String),
+    /// The request frame was missing or malformed.
+    Request(String),
+    /// Refused with a frame sent to the platform.
+    Refused(Frame),
+    /// The tunnel or target failed mid-session.
+    Io(String),
+}
+
+impl std::fmt::Display for ConnError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Handshake(m) => write!(f, "TLS handshake: {m}"),
+            Self::Grant(m) => write!(f, "session certificate: {m}"),
+            Self::Request(m) => write!(f, "request: {m}"),
+            Self::Refused(frame) => write!(f, "refused: {}", frame.message),
+            Self::Io(m) => write!(f, "{m}"),
+        }
+    }
+}
+
+fn io_err(e: io::Error) -> ConnError {
+    ConnError::Io(e.to_string())
+}
+
+/// Serves one tunnelled connection to its end. `origin` names the peer for logs.
+pub fn serve(pipe: Pipe, shared: &Shared, origin: &str) -> Result<(), ConnError> {
+    let server = shared.tls();
+    let mut conn =
+        ServerConnection::new(server.config()).map_err(|e| ConnError::Handshake(e.to_string()))?;
+    let mut inbound = Inbound {
+        rx: pipe.rx,
+        wake: pipe.wake.clone(),
+        buf: Vec::new(),
+        pos: 0,
+        deadline: Some(Instant::now() + HANDSHAKE),
+        ended: false,
+    };
+    let mut outbound = Outbound {
+        tx: pipe.tx,
+        wake: pipe.wake,
+    };
+    let handshake = handshake(&mut conn, &mut inbound, &mut outbound);
+    if let Err(e) = handshake {
+        let _ = outbound.send(Chunk::Abort);
+        return Err(e);
+    }
+    let (grant, mode) = server
+        .accept(&conn, SystemTime::now())
+        .map_err(|e| ConnError::Grant(e.to_string()))?;
+    let request = {
+        let mut duplex = Duplex(&mut inbound, &mut outbound);
+        let mut stream = rustls::Stream::new(&mut conn, &mut duplex);
+        Frame::read_from(&mut stream).map_err(|e| ConnError::Request(e.to_string()))?
+    };
+    inbound.deadline = None;
+    if request.status != Status::Request {
+        return Err(ConnError::Request(format!(
+            "expected a request frame, found {}",
+            request.status.as_str()
+        )));
+    }
+    log::info!(
+        "session {} from {origin}: {} asks for {} ({:?})",
+        grant.session_id(),
+        grant.actor(),
+        request.message,
+        mode
+    );
+    match mode {
+        Mode::Tcp => forward(conn, inbound, outbound, &grant, &request.message),
+        Mode::Ping => ping(conn, inbound, outbound),
+        Mode::Health => {
+            let message = shared.health_line();
+            finish(
+                conn,
+                inbound,
+                outbound,
+                Frame::new(Status::Connected, message),
+            )
+        }
+    }
+}
+
+/// Joins the two halves for `rustls::Stream` during the single-threaded phases.
+struct Duplex<'a>(&'a mut Inbound, &'a mut Outbound);
+
+impl Read for Duplex<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl Write for Duplex<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.1.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn handshake(
+    conn: &mut ServerConnection,
+    inbound: &mut Inbound,
+    outbound: &mut Outbound,
+) -> Result<(), ConnError> {
+    while conn.is_handshaking() {
+        conn.complete_io(&mut Duplex(inbound, outbound))
+            .map_err(|e| {
+                let inner = e
+                    .get_ref()
+                    .and_then(|i| i.downcast_ref::<rustls::Error>())
+                    .and_then(crate::tls::TlsError::from_rustls)
+                    .map(ToString::to_string);
+                ConnError::Handshake(inner.unwrap_or_else(|| e.to_string()))
+            })?;
+    }
+    Ok(())
+}
+
+/// Sends `frame`, closes the TLS session cleanly, and ends.
+fn finish(
+    mut conn: ServerConnection,
+    mut inbound: Inbound,
+    mut outbound: Outbound,
+    frame: Frame,
+) -> Result<(), ConnError> {
+    let refused = frame.status != Status::Connected;
+    conn.writer().write_all(&frame.encode()).map_err(io_err)?;
+    conn.send_close_notify();
+    while conn.wants_write() {
+        conn.write_tls(&mut outbound).map_err(io_err)?;
+    }
+    outbound.send(Chunk::Eof).map_err(io_err)?;
+    // Let the platform read the frame before the channel closes.
+    let mut sink = [0u8; 4096];
+    inbound.deadline = Some(Instant::now() + Duration::from_secs(5));
+    while matches!(inbound.read(&mut sink), Ok(n) if n > 0) {}
+    if refused {
+        return Err(ConnError::Refused(frame));
+    }
+    Ok(())
+}
+
+fn ping(
+    mut conn: ServerConnection,
+    mut inbound: Inbound,
+    mut outbound: Outbound,
+) -> Result<(), ConnError> {
+    let mut duplex = Duplex(&mut inbound, &mut outbound);
+    let mut stream = rustls::Stream::new(&mut conn, &mut duplex);
+    stream
+        .write_all(&Frame::new(Status::Connected, "pong").encode())
+        .map_err(io_err)?;
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => stream.write_all(&buf[..n]).map_err(io_err)?,
+            Err(e) => return Err(io_err(e)),
+        }
+    }
+    conn.send_close_notify();
+    while conn.wants_write() {
+        conn.write_tls(&mut outbound).map_err(io_err)?;
+    }
+    outbound.send(Chunk::Eof).map_err(io_err)
+}
+
+fn forward(
+    conn: ServerConnection,
+    inbound: Inbound,
+    outbound: Outbound,
+    grant: &SessionGrant,
+    wanted: &str,
+) -> Result<(), ConnError> {
+    let permitted = grant.target().to_string();
+    if wanted != permitted {
+        let frame = Frame::new(
+            Status::NotPermitted,
+            format!("target {wanted} is not permitted by this session certificate (it permits {permitted})"),
+        );
+        return finish(conn, inbound, outbound, frame);
+    }
+    let target = match dial(&permitted, DIAL) {
+        Ok(t) => t,
+        Err(e) => {
+            let frame = Frame::new(
+                Status::TargetUnreachable,
+                format!("the gateway could not connect to {permitted}: {e}"),
+            );
+            return finish(conn, inbound, outbound, frame);
+        }
+    };
+    let conn = Arc::new(Mutex::new(conn));
+    {
+        let mut c = lock(&conn);
+        c.writer()
+            .write_all(&Frame::new(Status::Connected, format!("connected to {permitted}")).encode())
+            .map_err(io_err)?;
+    }
+    flush_tls(&conn, &outbound)?;
+    splice(conn, inbound, outbound, target, grant.not_after())
+}
+
+fn lock(conn: &Mutex<ServerConnection>) -> MutexGuard<'_, ServerConnection> {
+    conn.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Sends whatever TLS records are pending, in order.
+fn flush_tls(conn: &Mutex<ServerConnection>, outbound: &Outbound) -> Result<(), ConnError> {
+    let mut records = Vec::new();
+    {
+        let mut c = lock(conn);
+        while c.wants_write() {
+            c.write_tls(&mut records).map_err(io_err)?;
+        }
+        if !records.is_empty() {
+            // Sending under the lock keeps records in sequence with the other direction.
+            outbound.send(Chunk::Data(records)).map_err(io_err)?;
+        }
+    }
+    Ok(())
+}
+
+/// Copies both ways until both sides are done: this thread carries platform→target, a second
+/// one target→platform (and cuts the session when the certificate expires).
+fn splice(
+    conn: Arc<Mutex<ServerConnection>>,
+    mut inbound: Inbound,
+    outbound: Outbound,
+    target: TcpStream,
+    not_after: u64,
+) -> Result<(), ConnError> {
+    let reader = target.try_clone().map_err(io_err)?;
+    let (conn2, out2) = (conn.clone(), outbound.clone());
+    let upstream = std::thread::Builder::new()
+        .name("gw-target".into())
+        .stack_size(128 * 1024)
+        .spawn(move || target_to_platform(&conn2, &out2, reader, not_after))
+        .map_err(io_err)?;
+    let down = platform_to_target(&conn, &mut inbound, &outbound, &target);
+    if down.is_err() {
+        let _ = target.shutdown(Shutdown::Both);
+        let _ = outbound.send(Chunk::Abort);
+    }
+    let up = upstream
+        .join()
+        .unwrap_or_else(|_| Err(ConnError::Io("target thread panicked".into())));
+    down.and(up)
+}
+
+fn platform_to_target(
+    conn: &Mutex<ServerConnection>,
+    inbound: &mut Inbound,
+    outbound: &Outbound,
+    mut target: &TcpStream,
+) -> Result<(), ConnError> {
+    let mut buf = vec![0u8; 32 * 1024];
+    let mut plain = Vec::with_capacity(32 * 1024);
+    loop {
+        let n = inbound.read(&mut buf).map_err(io_err)?;
+        if n == 0 {
+            // The channel ended: if the platform had closed TLS cleanly we would have seen
+            // close_notify first, so this is an abort.
+            let _ = target.shutdown(Shutdown::Both);
+            return Ok(());
+        }
+        plain.clear();
+        let mut closed = false;
+        {
+            let mut c = lock(conn);
+            let mut data = &buf[..n];
+            while !data.is_empty() {
+                c.read_tls(&mut data).map_err(io_err)?;
+                c.process_new_packets()
+                    .map_err(|e| ConnError::Io(format!("TLS from the platform: {e}")))?;
+                closed |= read_plain(&mut c, &mut plain)?;
+            }
+        }
+        flush_tls(conn, outbound)?;
+        target.write_all(&plain).map_err(io_err)?;
+        if closed {
+            let _ = target.shutdown(Shutdown::Write);
+        }
+    }
+}
+
+/// Moves decrypted bytes out; true once the platform sent close_notify.
+fn read_plain(c: &mut ServerConnection, plain: &mut Vec<u8>) -> Result<bool, ConnError> {
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        match c.reader().read(&mut chunk) {
+            Ok(0) => return Ok(true),
+            Ok(n) => plain.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) => return Err(io_err(e)),
+        }
+    }
+}
+
+fn target_to_platform(
+    conn: &Mutex<ServerConnection>,
+    outbound: &Outbound,
+    mut target: TcpStream,
+    not_after: u64,
+) -> Result<(), ConnError> {
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if now >= not_after {
+            log::info!(
+                "session certificate expired at {}; closing the session",
+                crate::clock::rfc3339(not_after)
+            );
+            let _ = target.shutdown(Shutdown::Both);
+            let _ = outbound.send(Chunk::Abort);
+            return Ok(());
+        }
+        let left = Duration::from_secs(not_after - now).min(Duration::from_secs(3600));
+        target
+            .set_read_timeout(Some(left.max(Duration::from_millis(100))))
+            .map_err(io_err)?;
+        match target.read(&mut buf) {
+            Ok(0) => {
+                lock(conn).send_close_notify();
+                flush_tls(conn, outbound)?;
+                return outbound.send(Chunk::Eof).map_err(io_err);
+            }
+            Ok(n) => {
+                {
+                    let mut c = lock(conn);
+                    c.writer().write_all(&buf[..n]).map_err(io_err)?;
+                }
+                flush_tls(conn, outbound)?;
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => {
+                let _ = outbound.send(Chunk::Abort);
+                return Err(io_err(e));
+            }
+        }
+    }
+}

@@ -1,0 +1,380 @@
+//! The pump: the one thread that owns the `ssh2::Session`.
+//!
+//! libssh2 serialises every call on one session lock (a blocked read on one channel stalled an
+//! unrelated channel for 3.2 s), so nothing else touches the session. The session is
+//! non-blocking; the pump waits on its socket with mio (interest from
+//! `Session::block_directions`), accepts forwarded channels, and moves bytes between each
+//! channel and its connection's bounded queues. A full queue means the pump stops reading that
+//! channel, so its SSH window closes: backpressure reaches the platform for that connection
+//! only. Connection threads wake the pump through a `mio::Waker`.
+//!
+//! Liveness: a keepalive every [`KEEPALIVE_SECS`] asks the relay for a reply; if nothing at all
+//! arrives from the relay for [`DEAD_AFTER`], the tunnel is declared dead.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::os::unix::io::AsRawFd;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token, Waker};
+use ssh2::{BlockDirections, Channel};
+
+use super::conn::{self, Chunk, Pipe, QUEUE};
+use super::tunnel::Tunnel;
+use super::Shared;
+
+/// Seconds between keepalives.
+pub const KEEPALIVE_SECS: u32 = 3;
+/// Silence from the relay after which the tunnel is dead.
+pub const DEAD_AFTER: Duration = Duration::from_secs(9);
+/// How long a stopping gateway waits for connections to finish.
+pub const DRAIN: Duration = Duration::from_secs(10);
+/// SSH receive window per channel, sized for 50 ms links.
+pub const WINDOW: u64 = 8 * 1024 * 1024;
+
+const SOCKET: Token = Token(0);
+const WAKE: Token = Token(1);
+const READ_CHUNK: usize = 32 * 1024;
+
+/// Why the pump returned.
+#[derive(Debug, PartialEq, Eq)]
+pub enum End {
+    /// Nothing arrived from the relay for [`DEAD_AFTER`].
+    Dead,
+    /// The session failed or the relay closed it.
+    Closed(String),
+    /// The gateway is stopping (connections drained or the drain timed out).
+    Stopped,
+    /// The supervisor asked for a new tunnel (relay reassigned).
+    Replaced,
+}
+
+struct Conn {
+    channel: Channel,
+    to_conn: SyncSender<Chunk>,
+    from_conn: Receiver<Chunk>,
+    pending_in: Option<Chunk>,
+    pending_out: Option<(Vec<u8>, usize)>,
+    eof_sent_to_conn: bool,
+    eof_to_channel: bool,
+    eof_on_channel: bool,
+    conn_done: bool,
+}
+
+fn would_block(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::WouldBlock
+}
+
+fn ssh_would_block(e: &ssh2::Error) -> bool {
+    e.code() == ssh2::ErrorCode::Session(-37)
+}
+
+/// Runs the tunnel until it ends. `stop` and `replace` are polled at least once a second.
+pub fn run(tunnel: Tunnel, shared: &Arc<Shared>) -> End {
+    match Pump::new(tunnel, shared.clone()) {
+        Ok(mut p) => p.run(),
+        Err(e) => End::Closed(format!("event loop: {e}")),
+    }
+}
+
+struct Pump {
+    tunnel: Tunnel,
+    shared: Arc<Shared>,
+    poll: Poll,
+    waker: Arc<Waker>,
+    conns: HashMap<u64, Conn>,
+    next_id: u64,
+    last_inbound: Instant,
+    next_keepalive: Instant,
+    interest: Interest,
+    drain_deadline: Option<Instant>,
+}
+
+impl Pump {
+    fn new(tunnel: Tunnel, shared: Arc<Shared>) -> io::Result<Self> {
+        let poll = Poll::new()?;
+        let fd = tunnel.socket.as_raw_fd();
+        poll.registry()
+            .register(&mut SourceFd(&fd), SOCKET, Interest::READABLE)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
+        Ok(Self {
+            tunnel,
+            shared,
+            poll,
+            waker,
+            conns: HashMap::new(),
+            next_id: 1,
+            last_inbound: Instant::now(),
+            next_keepalive: Instant::now(),
+            interest: Interest::READABLE,
+            drain_deadline: None,
+        })
+    }
+
+    fn run(&mut self) -> End {
+        let mut events = Events::with_capacity(64);
+        loop {
+            if let Some(end) = self.step() {
+                self.abort_all();
+                return end;
+            }
+            if let Err(e) = self.wait(&mut events) {
+                self.abort_all();
+                return End::Closed(format!("poll: {e}"));
+            }
+        }
+    }
+
+    /// One pass over everything; `Some` when the tunnel is over.
+    fn step(&mut self) -> Option<End> {
+        if let Some(end) = self.control() {
+            return Some(end);
+        }
+        if self.drain_deadline.is_none() {
+            if let Err(e) = self.accept() {
+                return Some(End::Closed(e));
+            }
+        }
+        let ids: Vec<u64> = self.conns.keys().copied().collect();
+        for id in ids {
+            if let Err(e) = self.move_bytes(id) {
+                return Some(End::Closed(e));
+            }
+        }
+        if let Err(e) = self.keepalive() {
+            return Some(End::Closed(e));
+        }
+        if self.last_inbound.elapsed() > DEAD_AFTER {
+            return Some(End::Dead);
+        }
+        None
+    }
+
+    fn control(&mut self) -> Option<End> {
+        if self.shared.replace_tunnel.swap(false, Ordering::SeqCst) {
+            return Some(End::Replaced);
+        }
+        if self.shared.stopping.load(Ordering::SeqCst) {
+            let deadline = *self
+                .drain_deadline
+                .get_or_insert_with(|| Instant::now() + DRAIN);
+            if self.conns.is_empty() || Instant::now() >= deadline {
+                return Some(End::Stopped);
+            }
+        }
+        None
+    }
+
+    fn wait(&mut self, events: &mut Events) -> io::Result<()> {
+        let wanted = match self.tunnel.session.block_directions() {
+            BlockDirections::Outbound | BlockDirections::Both => {
+                Interest::READABLE | Interest::WRITABLE
+            }
+            _ => Interest::READABLE,
+        };
+        if wanted != self.interest {
+            let fd = self.tunnel.socket.as_raw_fd();
+            self.poll
+                .registry()
+                .reregister(&mut SourceFd(&fd), SOCKET, wanted)?;
+            self.interest = wanted;
+        }
+        let until_keepalive = self
+            .next_keepalive
+            .saturating_duration_since(Instant::now());
+        let timeout = until_keepalive.min(Duration::from_secs(1));
+        match self.poll.poll(events, Some(timeout)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        if events
+            .iter()
+            .any(|e| e.token() == SOCKET && (e.is_readable() || e.is_read_closed()))
+        {
+            self.last_inbound = Instant::now();
+        }
+        Ok(())
+    }
+
+    fn keepalive(&mut self) -> Result<(), String> {
+        if Instant::now() < self.next_keepalive {
+            return Ok(());
+        }
+        match self.tunnel.session.keepalive_send() {
+            Ok(secs) => {
+                self.next_keepalive = Instant::now() + Duration::from_secs(u64::from(secs.max(1)));
+                Ok(())
+            }
+            Err(e) if ssh_would_block(&e) => Ok(()),
+            Err(e) => Err(format!("keepalive: {e}")),
+        }
+    }
+
+    fn accept(&mut self) -> Result<(), String> {
+        loop {
+            match self.tunnel.listener.accept() {
+                Ok(channel) => self.start(channel),
+                // libssh2 answers "channel not found" (-23) when it read packets but none was a
+                // new forwarded channel: nothing to accept, like EAGAIN.
+                Err(e) if ssh_would_block(&e) || e.code() == ssh2::ErrorCode::Session(-23) => {
+                    return Ok(())
+                }
+                Err(e) => return Err(format!("accepting a channel: {e}")),
+            }
+        }
+    }
+
+    fn start(&mut self, mut channel: Channel) {
+        let _ = channel.adjust_receive_window(WINDOW, true);
+        let (to_conn, rx) = sync_channel(QUEUE);
+        let (tx, from_conn) = sync_channel(QUEUE);
+        let waker = self.waker.clone();
+        let pipe = Pipe {
+            rx,
+            tx,
+            wake: Arc::new(move || {
+                let _ = waker.wake();
+            }),
+        };
+        let id = self.next_id;
+        self.next_id += 1;
+        let shared = self.shared.clone();
+        let relay = self.tunnel.relay.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("gw-conn-{id}"))
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                shared.metrics.connection_started();
+                let origin = format!("connection {id} via relay {relay}");
+                if let Err(e) = conn::serve(pipe, &shared, &origin) {
+                    shared.metrics.refused(&e);
+                    log::warn!("{origin}: {e}");
+                }
+                shared.metrics.connection_ended();
+            });
+        if spawned.is_err() {
+            log::error!("could not start a connection thread; closing channel {id}");
+            let _ = channel.close();
+            return;
+        }
+        self.conns.insert(
+            id,
+            Conn {
+                channel,
+                to_conn,
+                from_conn,
+                pending_in: None,
+                pending_out: None,
+                eof_sent_to_conn: false,
+                eof_to_channel: false,
+                eof_on_channel: false,
+                conn_done: false,
+            },
+        );
+    }
+
+    fn move_bytes(&mut self, id: u64) -> Result<(), String> {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return Ok(());
+        };
+        let detail = |what: &str, e: io::Error| {
+            let code = e
+                .get_ref()
+                .and_then(|i| i.downcast_ref::<ssh2::Error>())
+                .map(ssh2::Error::code);
+            match code {
+                Some(code) => format!("{what}: {e} (libssh2 {code:?})"),
+                None => format!("{what}: {e}"),
+            }
+        };
+        channel_to_conn(c).map_err(|e| detail("channel read", e))?;
+        let finished = conn_to_channel(c).map_err(|e| detail("channel write", e))?;
+        if finished {
+            if let Some(mut c) = self.conns.remove(&id) {
+                let _ = c.channel.close();
+            }
+        }
+        Ok(())
+    }
+
+    fn abort_all(&mut self) {
+        for (_, mut c) in self.conns.drain() {
+            let _ = c.to_conn.try_send(Chunk::Abort);
+            let _ = c.channel.close();
+        }
+    }
+}
+
+/// Channel → connection, until the channel would block or the queue is full.
+fn channel_to_conn(c: &mut Conn) -> io::Result<()> {
+    if c.conn_done {
+        return Ok(());
+    }
+    loop {
+        if let Some(chunk) = c.pending_in.take() {
+            match c.to_conn.try_send(chunk) {
+                Ok(()) => {}
+                Err(TrySendError::Full(chunk)) => {
+                    c.pending_in = Some(chunk);
+                    return Ok(());
+                }
+                Err(TrySendError::Disconnected(_)) => {
+                    c.conn_done = true;
+                    return Ok(());
+                }
+            }
+        }
+        if c.eof_sent_to_conn {
+            return Ok(());
+        }
+        let mut buf = vec![0u8; READ_CHUNK];
+        match c.channel.read(&mut buf) {
+            Ok(0) if c.channel.eof() => {
+                c.eof_sent_to_conn = true;
+                c.pending_in = Some(Chunk::Eof);
+            }
+            Ok(0) => return Ok(()),
+            Ok(n) => {
+                buf.truncate(n);
+                c.pending_in = Some(Chunk::Data(buf));
+            }
+            Err(e) if would_block(&e) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Connection → channel; true when the connection is over and the channel can be closed.
+fn conn_to_channel(c: &mut Conn) -> io::Result<bool> {
+    loop {
+        if let Some((data, done)) = c.pending_out.as_mut() {
+            while *done < data.len() {
+                match c.channel.write(&data[*done..]) {
+                    Ok(n) => *done += n,
+                    Err(e) if would_block(&e) => return Ok(false),
+                    Err(e) => return Err(e),
+                }
+            }
+            c.pending_out = None;
+        }
+        if c.eof_to_channel && !c.eof_on_channel {
+            match c.channel.send_eof() {
+                Ok(()) => c.eof_on_channel = true,
+                Err(e) if ssh_would_block(&e) => return Ok(false),
+                Err(e) => return Err(io::Error::other(e)),
+            }
+        }
+        match c.from_conn.try_recv() {
+            Ok(Chunk::Data(d)) => c.pending_out = Some((d, 0)),
+            Ok(Chunk::Eof) => c.eof_to_channel = true,
+            Ok(Chunk::Abort) => return Ok(true),
+            Err(TryRecvError::Empty) => return Ok(false),
+            Err(TryRecvError::Disconnected) => return Ok(true),
+        }
+    }
+}
