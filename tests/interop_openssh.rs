@@ -7,11 +7,8 @@
 
 mod common;
 
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::thread::sleep;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::SystemTime;
 
 use common::{gw, name, org, run, text, write};
 use postern::id::RelayId;
@@ -122,33 +119,7 @@ fn section(listing: &str, header: &str) -> Vec<String> {
         .collect()
 }
 
-struct Sshd {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-}
-
-impl Drop for Sshd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn sshd_path() -> PathBuf {
-    ["/usr/sbin/sshd", "/usr/bin/sshd"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-        .expect("sshd is not installed; .ci/run installs openssh-server")
-}
-
-fn current_user() -> String {
-    String::from_utf8(run("id", &["-un"]).stdout)
-        .unwrap()
-        .trim()
-        .to_owned()
-}
+use common::sshd::{current_user, Sshd};
 
 /// Makes an unencrypted Ed25519 key pair at `path` (and `path.pub`) with ssh-keygen.
 fn ssh_keygen_ed25519(path: &Path, comment: &str) {
@@ -174,40 +145,15 @@ fn start_sshd(dir: &Path, ca: &SshAuthority, principal: &str) -> Sshd {
         format!("{principal}\n").as_bytes(),
         0o644,
     );
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let config = format!(
-        "Port {port}\nListenAddress 127.0.0.1\nHostKey {host}\nPidFile {dir}/sshd.pid\n\
-         TrustedUserCAKeys {dir}/ca.pub\nAuthorizedPrincipalsFile {dir}/principals\n\
-         AuthorizedKeysFile none\nPubkeyAuthentication yes\nPasswordAuthentication no\n\
-         KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\n",
-        host = host.display(),
-        dir = dir.display()
-    );
-    write(&dir.join("sshd_config"), config.as_bytes(), 0o644);
-    let _ = std::fs::create_dir_all("/run/sshd");
-    let log = dir.join("sshd.log");
-    let child = Command::new(sshd_path())
-        .args(["-D", "-e", "-f"])
-        .arg(dir.join("sshd_config"))
-        .arg("-E")
-        .arg(&log)
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("start sshd");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "sshd did not listen: {}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-        sleep(Duration::from_millis(50));
-    }
-    Sshd { child, port, log }
+    common::sshd::start(
+        dir,
+        &format!(
+            "HostKey {host}\nTrustedUserCAKeys {dir}/ca.pub\nAuthorizedPrincipalsFile {dir}/principals\n\
+             AuthorizedKeysFile none\n",
+            host = host.display(),
+            dir = dir.display()
+        ),
+    )
 }
 
 fn ssh_login(sshd: &Sshd, key: &Path, cert: &Path) -> std::process::Output {

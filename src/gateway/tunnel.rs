@@ -57,6 +57,8 @@ pub struct Tunnel {
     pub listener: ssh2::Listener,
     /// The socket, for readiness.
     pub socket: TcpStream,
+    /// The port the server reports for the forward (a relay binds nothing; OpenSSH's sshd does).
+    pub bound_port: u16,
 }
 
 impl fmt::Debug for Tunnel {
@@ -132,7 +134,7 @@ pub fn open(spec: &TunnelSpec) -> Result<Tunnel, TunnelError> {
             "the relay did not accept the certificate".into(),
         ));
     }
-    let (listener, _port) = session
+    let (listener, bound_port) = session
         .channel_forward_listen(0, Some("127.0.0.1"), None)
         .map_err(|e| TunnelError::Forward(e.to_string()))?;
     session.set_keepalive(true, super::pump::KEEPALIVE_SECS);
@@ -142,6 +144,7 @@ pub fn open(spec: &TunnelSpec) -> Result<Tunnel, TunnelError> {
         session,
         listener,
         socket,
+        bound_port,
     })
 }
 

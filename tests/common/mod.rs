@@ -5,6 +5,7 @@
 pub(crate) mod gateway;
 pub(crate) mod platform;
 pub(crate) mod relay;
+pub(crate) mod sshd;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
