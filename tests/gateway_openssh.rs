@@ -153,9 +153,7 @@ fn tunnel_comes_up_against_sshd_and_forwards() {
 
 fn expect_refused_before_credentials(dir: &Path, cas: &Cas, cert: String) -> TunnelError {
     let sshd = sshd(dir, cas, Some(cert));
-    let err = open(&spec(cas, sshd.port))
-        .err()
-        .expect("the tunnel must not come up");
+    let err = open(&spec(cas, sshd.port)).expect_err("the tunnel must not come up");
     std::thread::sleep(Duration::from_millis(200));
     let log = sshd.log_text();
     assert!(
@@ -211,9 +209,7 @@ fn refuse_with_key_of(dir: &Path, cas: &Cas, cert: String) -> TunnelError {
             cert = path.display()
         ),
     );
-    let err = open(&spec(cas, sshd.port))
-        .err()
-        .expect("the tunnel must not come up");
+    let err = open(&spec(cas, sshd.port)).expect_err("the tunnel must not come up");
     std::thread::sleep(Duration::from_millis(200));
     let log = sshd.log_text();
     assert!(
