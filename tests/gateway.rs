@@ -25,13 +25,20 @@ struct World {
 }
 
 fn world() -> World {
+    world_with(&[], &[])
+}
+
+fn world_with(serve_flags: &[&str], gateway_flags: &[&str]) -> World {
     let mut p = TestPlatform::init();
     p.ok(&["org", "create", "a"]);
     p.ok(&["org", "create", "b"]);
     let r0 = p.identity("relay", None, "r0", &[]);
-    p.start(&["--heartbeat-secs", "1", "--max-session-secs", "600"]);
+    let mut flags = vec!["--heartbeat-secs", "1", "--max-session-secs", "600"];
+    flags.extend(serve_flags);
+    p.start(&flags);
     let relay = TestRelay::start(&p, &r0);
-    let gateway = TestGateway::start(&p, &p.identity("gateway", Some("a"), "g1", &[]));
+    let g1 = p.identity("gateway", Some("a"), "g1", &[]);
+    let gateway = TestGateway::start_with(&p, &g1, gateway_flags);
     let alice = p.client(&p.identity("operator", Some("a"), "alice", &[]));
     let bob = p.client(&p.identity("operator", Some("b"), "bob", &[]));
     World {
@@ -262,4 +269,120 @@ fn gateway_reconnects_after_the_relay_is_killed() {
             }
         }
     }
+}
+
+fn wait_until(what: &str, secs: u64, mut done: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < Duration::from_secs(secs),
+            "{what} did not happen within {secs} s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    start.elapsed()
+}
+
+#[test]
+fn gateway_renews_its_certificates_without_dropping_the_tunnel() {
+    // Gateway certificates live 6 s; after 8 s the gateway's TLS certificate only verifies if
+    // it was renewed, and the tunnel that was up must still be the one in use.
+    let w = world_with(&["--gateway-cert-secs", "6"], &[]);
+    let target = format!("127.0.0.1:{}", tagged_echo("T:"));
+    std::thread::sleep(Duration::from_secs(8));
+    let s = session(&w.alice, "g1", &target, 300);
+    echo(&mut s.open(Mode::Tcp).unwrap(), b"after renewal", "T:");
+    assert!(w
+        .gateway
+        .get("/metrics")
+        .contains("postern_gateway_tunnels_opened_total 1\n"));
+    assert!(
+        w.gateway.log().contains("renewed certificates"),
+        "{}",
+        w.gateway.log()
+    );
+}
+
+#[test]
+fn stalled_relay_is_noticed_within_ten_seconds() {
+    let w = world();
+    assert!(w.gateway.get("/health").starts_with("HTTP/1.1 200"));
+    let pid = w.relay.pid().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    // The design bound is 10 s (keepalives every 3 s, dead after 9 s of silence); the wait
+    // allows for a loaded machine and is a timeout, not a speed assertion.
+    let took = wait_until("the gateway noticing the stalled relay", 20, || {
+        w.gateway.get("/health").starts_with("HTTP/1.1 503")
+    });
+    let _ = std::process::Command::new("kill")
+        .args(["-CONT", &pid])
+        .status();
+    eprintln!("stalled relay noticed after {took:?}");
+    assert!(w.gateway.log().contains("Dead"), "{}", w.gateway.log());
+}
+
+#[test]
+fn gateway_stops_cleanly_on_sigterm() {
+    let mut w = world();
+    let pid = w.gateway.child.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    wait_until("the gateway exiting", 15, || {
+        w.gateway.child.try_wait().unwrap().is_some()
+    });
+    assert!(w.gateway.child.wait().unwrap().success());
+    w.relay.wait_tunnels(0);
+}
+
+#[test]
+fn tunnel_goes_through_an_http_connect_proxy() {
+    let mut p = TestPlatform::init();
+    p.ok(&["org", "create", "a"]);
+    let r0 = p.identity("relay", None, "r0", &[]);
+    p.start(&["--heartbeat-secs", "1"]);
+    let relay = TestRelay::start(&p, &r0);
+    let (proxy, seen) = connect_proxy();
+    let g1 = p.identity("gateway", Some("a"), "g1", &[]);
+    let _gateway = TestGateway::start_with(&p, &g1, &["--proxy", &proxy]);
+    relay.wait_tunnels(1);
+    let request = seen.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert!(
+        request.starts_with(&format!("CONNECT 127.0.0.1:{} HTTP/1.1", relay.ssh_port)),
+        "{request}"
+    );
+}
+
+/// A one-shot HTTP CONNECT proxy; reports the request head it saw.
+fn connect_proxy() -> (String, std::sync::mpsc::Receiver<String>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let (mut client, _) = listener.accept().unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            client.read_exact(&mut byte).unwrap();
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8(head).unwrap();
+        let target = head.split_whitespace().nth(1).unwrap().to_owned();
+        tx.send(head).unwrap();
+        let upstream = std::net::TcpStream::connect(target).unwrap();
+        client
+            .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            .unwrap();
+        let (mut c2, mut u2) = (client.try_clone().unwrap(), upstream.try_clone().unwrap());
+        std::thread::spawn(move || std::io::copy(&mut u2, &mut c2));
+        let (mut c, mut u) = (client, upstream);
+        let _ = std::io::copy(&mut c, &mut u);
+    });
+    (addr, rx)
 }

@@ -35,10 +35,20 @@ impl Drop for TestGateway {
 impl TestGateway {
     /// Starts `postern-gateway run` and waits until its first tunnel is up.
     pub(crate) fn start(platform: &TestPlatform, enrolment: &Enrolment) -> Self {
+        Self::start_with(platform, enrolment, &[])
+    }
+
+    /// As [`TestGateway::start`], with extra `run` flags.
+    pub(crate) fn start_with(
+        platform: &TestPlatform,
+        enrolment: &Enrolment,
+        flags: &[&str],
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let stderr = dir.path().join("stderr.log");
         let mut child = Command::new(env!("CARGO_BIN_EXE_postern-gateway"))
             .args(["run", "--health-listen", "127.0.0.1:0"])
+            .args(flags)
             .env("POSTERN_STATE", dir.path().join("state"))
             .env("POSTERN_PLATFORM", &platform.url)
             .env("POSTERN_TOKEN", enrolment.expose())

@@ -94,6 +94,11 @@ impl TestRelay {
         self.metrics = field(&line, "metrics ").to_owned();
     }
 
+    /// The relay's process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends SIGTERM and waits (bounded) for a clean exit.
     pub(crate) fn terminate(&mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
