@@ -7,15 +7,14 @@
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::str::FromStr;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
 use argh::FromArgs;
+use postern::cli::{enrolment, flag, read_file, required};
 use postern::gateway::proxy::Proxy;
 use postern::gateway::supervisor::{run, Settings};
-use postern::platform::token::Enrolment;
 
 #[derive(FromArgs)]
 /// postern gateway: keeps an SSH tunnel to its relay and serves end-to-end TLS sessions.
@@ -60,29 +59,8 @@ struct Run {
 
 type Fallible<T = ()> = Result<T, String>;
 
-fn flag<T: FromStr>(value: Option<T>, var: &str) -> Fallible<Option<T>>
-where
-    T::Err: std::fmt::Display,
-{
-    if value.is_some() {
-        return Ok(value);
-    }
-    let name = format!("POSTERN_{var}");
-    match std::env::var(&name) {
-        Ok(text) if !text.is_empty() => text
-            .parse()
-            .map(Some)
-            .map_err(|e| format!("{name}={text:?}: {e}")),
-        _ => Ok(None),
-    }
-}
-
-fn read(path: &PathBuf) -> Fallible<String> {
-    std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))
-}
-
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    postern::cli::init_logging();
     let Cmd::Run(args) = argh::from_env::<Cli>().cmd;
     match serve(args) {
         Ok(()) => ExitCode::SUCCESS,
@@ -94,23 +72,15 @@ fn main() -> ExitCode {
 }
 
 fn serve(args: Run) -> Fallible {
-    let state: PathBuf = flag(args.state, "STATE")?
-        .ok_or("missing the state directory: pass --state or set POSTERN_STATE")?;
-    let platform_url: String = flag(args.platform, "PLATFORM")?
-        .ok_or("missing the platform URL: pass --platform or set POSTERN_PLATFORM")?;
-    let text = match flag(args.token_file, "TOKEN_FILE")? {
-        Some(path) => read(&path)?,
-        None => std::env::var("POSTERN_TOKEN").map_err(|_| {
-            "no enrolment string: pass --token-file, or set POSTERN_TOKEN_FILE or POSTERN_TOKEN"
-        })?,
-    };
-    let enrolment = Enrolment::parse(&text).map_err(|e| format!("enrolment string: {e}"))?;
+    let state: PathBuf = required(args.state, "STATE", "the state directory")?;
+    let platform_url: String = required(args.platform, "PLATFORM", "the platform URL")?;
+    let enrolment = enrolment(args.token_file)?;
     let proxy = match flag(args.proxy, "PROXY")? {
         None => None,
         Some(address) => Some(Proxy {
             address,
             credentials: flag(args.proxy_auth_file, "PROXY_AUTH_FILE")?
-                .map(|p| read(&p))
+                .map(|p| read_file(&p))
                 .transpose()?,
         }),
     };

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use argh::FromArgs;
+use postern::cli::{flag, required};
 use postern::id::{GatewayId, OrgId, RelayId};
 use postern::pki::{write_private, SealingKey};
 use postern::platform::admin::{self, IdentitySpec};
@@ -239,36 +240,6 @@ struct Serve {
 
 type Fallible<T = ()> = Result<T, String>;
 
-/// The flag, else `POSTERN_<VAR>` from the environment.
-fn flag<T: FromStr>(value: Option<T>, var: &str) -> Fallible<Option<T>>
-where
-    T::Err: std::fmt::Display,
-{
-    if value.is_some() {
-        return Ok(value);
-    }
-    let name = format!("POSTERN_{var}");
-    match std::env::var(&name) {
-        Ok(text) if !text.is_empty() => text
-            .parse()
-            .map(Some)
-            .map_err(|e| format!("{name}={text:?}: {e}")),
-        _ => Ok(None),
-    }
-}
-
-fn required<T: FromStr>(value: Option<T>, var: &str, what: &str) -> Fallible<T>
-where
-    T::Err: std::fmt::Display,
-{
-    flag(value, var)?.ok_or_else(|| {
-        format!(
-            "missing {what}: pass --{} or set POSTERN_{var}",
-            var.to_lowercase().replace('_', "-")
-        )
-    })
-}
-
 fn parsed<T: FromStr>(text: &str) -> Fallible<T>
 where
     T::Err: std::fmt::Display,
@@ -295,7 +266,7 @@ fn sealing_key(key_file: Option<&Path>, create: bool) -> Fallible<SealingKey> {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    postern::cli::init_logging();
     match run(argh::from_env()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -372,19 +343,11 @@ fn run(cli: Cli) -> Fallible {
 }
 
 fn run_init(dir: &Path, key_file: Option<&Path>, init: &Init, now: SystemTime) -> Fallible {
-    let mut names = init.api_name.clone();
-    if names.is_empty() {
-        if let Ok(list) = std::env::var("POSTERN_API_NAME") {
-            names = list
-                .split(',')
-                .map(|s| s.trim().to_owned())
-                .filter(|s| !s.is_empty())
-                .collect();
-        }
-    }
-    if names.is_empty() {
-        names = vec!["localhost".into(), "127.0.0.1".into()];
-    }
+    let names = postern::cli::list(
+        init.api_name.clone(),
+        "API_NAME",
+        &["localhost", "127.0.0.1"],
+    );
     let key = sealing_key(key_file, true)?;
     let state = State::init(dir, key, &names, now).map_err(|e| e.to_string())?;
     println!(

@@ -5,12 +5,11 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::str::FromStr;
 use std::sync::Arc;
 
 use argh::FromArgs;
+use postern::cli::{enrolment, flag, list, required};
 use postern::enrol::{api_client, EnrolError, Keys};
-use postern::platform::token::Enrolment;
 use postern::relay::agent::{self, Settings};
 use postern::relay::{serve_metrics, serve_platforms, serve_ssh, Limits, Shared};
 use tokio::net::TcpListener;
@@ -67,37 +66,8 @@ struct Run {
 
 type Fallible<T = ()> = Result<T, String>;
 
-fn flag<T: FromStr>(value: Option<T>, var: &str) -> Fallible<Option<T>>
-where
-    T::Err: std::fmt::Display,
-{
-    if value.is_some() {
-        return Ok(value);
-    }
-    let name = format!("POSTERN_{var}");
-    match std::env::var(&name) {
-        Ok(text) if !text.is_empty() => text
-            .parse()
-            .map(Some)
-            .map_err(|e| format!("{name}={text:?}: {e}")),
-        _ => Ok(None),
-    }
-}
-
-fn enrolment(token_file: Option<PathBuf>) -> Fallible<Enrolment> {
-    let text = match flag(token_file, "TOKEN_FILE")? {
-        Some(path) => {
-            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?
-        }
-        None => std::env::var("POSTERN_TOKEN").map_err(|_| {
-            "no enrolment string: pass --token-file, or set POSTERN_TOKEN_FILE or POSTERN_TOKEN"
-        })?,
-    };
-    Enrolment::parse(&text).map_err(|e| format!("enrolment string: {e}"))
-}
-
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    postern::cli::init_logging();
     let Cmd::Run(run) = argh::from_env::<Cli>().cmd;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -125,24 +95,10 @@ async fn bind(addr: &str, what: &str) -> Fallible<TcpListener> {
 }
 
 async fn serve(run: Run) -> Fallible {
-    let state: PathBuf = flag(run.state, "STATE")?
-        .ok_or("missing the state directory: pass --state or set POSTERN_STATE")?;
-    let platform_url: String = flag(run.platform, "PLATFORM")?
-        .ok_or("missing the platform URL: pass --platform or set POSTERN_PLATFORM")?;
+    let state: PathBuf = required(run.state, "STATE", "the state directory")?;
+    let platform_url: String = required(run.platform, "PLATFORM", "the platform URL")?;
     let enrolment = enrolment(run.token_file)?;
-    let mut hostnames = run.hostname;
-    if hostnames.is_empty() {
-        if let Ok(list) = std::env::var("POSTERN_HOSTNAME") {
-            hostnames = list
-                .split(',')
-                .map(|s| s.trim().to_owned())
-                .filter(|s| !s.is_empty())
-                .collect();
-        }
-    }
-    if hostnames.is_empty() {
-        hostnames = vec!["localhost".into(), "127.0.0.1".into()];
-    }
+    let hostnames = list(run.hostname, "HOSTNAME", &["localhost", "127.0.0.1"]);
     let ssh_listener = bind(
         &flag(run.ssh_listen, "SSH_LISTEN")?.unwrap_or_else(|| "0.0.0.0:2222".into()),
         "SSH",
