@@ -10,14 +10,17 @@ use std::process::ExitCode;
 use std::str::FromStr;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use argh::FromArgs;
 use postern::cli::{flag, required};
 use postern::id::{GatewayId, OrgId, RelayId};
 use postern::pki::{write_private, SealingKey};
 use postern::platform::admin::{self, IdentitySpec};
+use postern::platform::client::ApiClient;
+use postern::platform::dialer::Dialer;
 use postern::platform::http::{serve, Limits};
+use postern::platform::pipe::pipe;
 use postern::platform::service::{Platform, ServeConfig};
 use postern::platform::state::State;
 use postern::platform::token::{hex, Role};
@@ -45,6 +48,52 @@ enum Cmd {
     Relay(RelayCmd),
     Gateway(GatewayCmd),
     Serve(Serve),
+    Connect(Connect),
+    Ping(Ping),
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand, name = "connect")]
+/// serve a local port whose connections reach a target behind a gateway
+struct Connect {
+    /// platform API URL, https://host:port (env POSTERN_PLATFORM)
+    #[argh(option)]
+    platform: Option<String>,
+    /// file holding the operator's enrolment string (env POSTERN_TOKEN_FILE; or the string in
+    /// POSTERN_TOKEN)
+    #[argh(option)]
+    token_file: Option<PathBuf>,
+    /// the gateway (env POSTERN_GATEWAY)
+    #[argh(option)]
+    gateway: Option<String>,
+    /// host:port behind the gateway (env POSTERN_TARGET)
+    #[argh(option)]
+    target: Option<String>,
+    /// local address to listen on (env POSTERN_LISTEN; default 127.0.0.1:0, printed)
+    #[argh(option)]
+    listen: Option<String>,
+    /// lifetime asked for session certificates, seconds (env POSTERN_TTL_SECS; default 600)
+    #[argh(option)]
+    ttl_secs: Option<u64>,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand, name = "ping")]
+/// measure the path to a gateway: relay setup, inner handshake, round trips
+struct Ping {
+    /// platform API URL, https://host:port (env POSTERN_PLATFORM)
+    #[argh(option)]
+    platform: Option<String>,
+    /// file holding the operator's enrolment string (env POSTERN_TOKEN_FILE; or the string in
+    /// POSTERN_TOKEN)
+    #[argh(option)]
+    token_file: Option<PathBuf>,
+    /// the gateway (env POSTERN_GATEWAY)
+    #[argh(option)]
+    gateway: Option<String>,
+    /// round trips to measure (env POSTERN_COUNT; default 5)
+    #[argh(option)]
+    count: Option<usize>,
 }
 
 #[derive(FromArgs)]
@@ -277,6 +326,11 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Fallible {
+    match cli.cmd {
+        Cmd::Connect(c) => return run_connect(c),
+        Cmd::Ping(p) => return run_ping(p),
+        _ => {}
+    }
     let dir: PathBuf = required(cli.state, "STATE", "the state directory")?;
     let key_file: Option<PathBuf> = flag(cli.key_file, "KEY_FILE")?;
     let now = SystemTime::now();
@@ -339,6 +393,7 @@ fn run(cli: Cli) -> Fallible {
             Ok(())
         }
         Cmd::Serve(s) => run_serve(state, s),
+        Cmd::Connect(_) | Cmd::Ping(_) => Ok(()),
     }
 }
 
@@ -438,4 +493,72 @@ fn run_serve(state: State, s: Serve) -> Fallible {
         Arc::new(AtomicBool::new(false)),
     )
     .map_err(|e| e.to_string())
+}
+
+fn operator_client(platform: Option<String>, token_file: Option<PathBuf>) -> Fallible<ApiClient> {
+    let url: String = required(platform, "PLATFORM", "the platform URL")?;
+    let enrolment = postern::cli::enrolment(token_file)?;
+    ApiClient::enrol(&url, &enrolment).map_err(|e| e.to_string())
+}
+
+fn run_connect(c: Connect) -> Fallible {
+    let client = operator_client(c.platform, c.token_file)?;
+    let gateway: String = required(c.gateway, "GATEWAY", "the gateway")?;
+    let target: String = required(c.target, "TARGET", "the target")?;
+    let listen: String = flag(c.listen, "LISTEN")?.unwrap_or_else(|| "127.0.0.1:0".into());
+    let ttl: u64 = flag(c.ttl_secs, "TTL_SECS")?.unwrap_or(600);
+    let dialer = Arc::new(Dialer::new(
+        client,
+        &gateway,
+        &target,
+        ttl,
+        Duration::from_secs(10),
+    ));
+    let listener = TcpListener::bind(&listen).map_err(|e| format!("listen on {listen}: {e}"))?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    println!("postern-platform: connect listening on {local}: gateway {gateway}, target {target}");
+    for stream in listener.incoming() {
+        let Ok(stream) = stream else { continue };
+        let dialer = dialer.clone();
+        let peer = stream
+            .peer_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let spawned = std::thread::Builder::new()
+            .name("connect".into())
+            .stack_size(256 * 1024)
+            .spawn(move || match dialer.connect() {
+                Ok(remote) => match pipe(stream, remote) {
+                    Ok(n) => log::info!("{peer}: done, {} bytes up, {} down", n.up, n.down),
+                    Err(e) => log::warn!("{peer}: connection failed mid-stream: {e}"),
+                },
+                Err(e) => log::warn!("{peer}: {e}"),
+            });
+        if let Err(e) = spawned {
+            log::error!("cannot start a connection thread: {e}");
+        }
+    }
+    Ok(())
+}
+
+fn run_ping(p: Ping) -> Fallible {
+    let client = operator_client(p.platform, p.token_file)?;
+    let gateway: String = required(p.gateway, "GATEWAY", "the gateway")?;
+    let count: usize = flag(p.count, "COUNT")?.unwrap_or(5).max(1);
+    let dialer = Dialer::new(client, &gateway, "0.0.0.0:1", 60, Duration::from_secs(10));
+    let report = dialer.ping(count).map_err(|e| e.to_string())?;
+    let mut rtts = report.round_trips.clone();
+    rtts.sort();
+    let ms = |d: Duration| format!("{:.2} ms", d.as_secs_f64() * 1000.0);
+    println!("gateway {gateway} via relay {}", report.relay);
+    println!("  session certificates: {}", ms(report.session));
+    println!("  relay TLS setup:      {}", ms(report.relay_setup));
+    println!("  inner handshake:      {}", ms(report.inner_setup));
+    println!(
+        "  round trip ({count}):     min {}, median {}, max {}",
+        ms(rtts[0]),
+        ms(rtts[rtts.len() / 2]),
+        ms(rtts[rtts.len() - 1])
+    );
+    Ok(())
 }

@@ -28,8 +28,10 @@ pub enum DialError {
     Unreachable(String),
     /// The TLS handshake with the relay failed.
     Tls(String),
-    /// The relay refused, saying why.
+    /// The relay or the gateway refused, saying why.
     Refused(Frame),
+    /// The platform refused to issue session certificates (or could not be reached).
+    Platform(super::client::ClientError),
 }
 
 impl fmt::Display for DialError {
@@ -38,12 +40,28 @@ impl fmt::Display for DialError {
             Self::Session(m) => write!(f, "session credentials: {m}"),
             Self::Unreachable(m) => write!(f, "relay unreachable: {m}"),
             Self::Tls(m) => write!(f, "TLS with the relay failed: {m}"),
-            Self::Refused(frame) => write!(f, "relay refused: {}", frame.message),
+            Self::Refused(frame) => f.write_str(&refusal_message(frame)),
+            Self::Platform(e) => write!(f, "{e}"),
         }
     }
 }
 
 impl std::error::Error for DialError {}
+
+/// What a person should read for a refusal frame.
+fn refusal_message(frame: &Frame) -> String {
+    let what = match frame.status {
+        Status::NotConnected => "gateway not connected",
+        Status::Revoked => "gateway revoked",
+        Status::Busy => "relay busy",
+        Status::GatewayUnreachable => "gateway not answering",
+        Status::Stopping => "relay stopping",
+        Status::NotPermitted => "target not permitted",
+        Status::TargetUnreachable => "target refused",
+        _ => "refused",
+    };
+    format!("{what}: {}", frame.message)
+}
 
 fn cert(pem_text: &str, what: &str) -> Result<CertificateDer<'static>, DialError> {
     pem::parse(pem_text)
@@ -57,6 +75,7 @@ fn tls_error(e: &std::io::Error) -> DialError {
         .and_then(|i| i.downcast_ref::<rustls::Error>())
         .and_then(TlsError::from_rustls);
     match inner {
+        Some(t @ TlsError::Expired { .. }) => DialError::Tls(format!("certificate expired: {t}")),
         Some(t) => DialError::Tls(t.to_string()),
         None => DialError::Tls(e.to_string()),
     }
