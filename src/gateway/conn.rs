@@ -108,6 +108,8 @@ impl Read for Inbound {
 struct Outbound {
     tx: SyncSender<Chunk>,
     wake: Arc<dyn Fn() + Send + Sync>,
+    /// Held while TLS records are drained and queued, to keep them in order.
+    order: Arc<Mutex<()>>,
 }
 
 impl Outbound {
@@ -175,6 +177,7 @@ pub fn serve(pipe: Pipe, shared: &Shared, origin: &str) -> Result<(), ConnError>
     let mut outbound = Outbound {
         tx: pipe.tx,
         wake: pipe.wake,
+        order: Arc::new(Mutex::new(())),
     };
     let handshake = handshake(&mut conn, &mut inbound, &mut outbound);
     if let Err(e) = handshake {
@@ -344,18 +347,35 @@ fn lock(conn: &Mutex<ServerConnection>) -> MutexGuard<'_, ServerConnection> {
     conn.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Sends whatever TLS records are pending, in order.
+/// Sends whatever TLS records are pending, in order. The `Outbound`'s order lock is held from
+/// draining the records until they are queued, so records of the two directions never swap;
+/// the connection lock itself is released before the (possibly blocking) send, so the other
+/// direction keeps moving while this one waits for the tunnel.
 fn flush_tls(conn: &Mutex<ServerConnection>, outbound: &Outbound) -> Result<(), ConnError> {
+    let _order = outbound.order.lock().unwrap_or_else(|p| p.into_inner());
+    send_records(conn, outbound)
+}
+
+/// As [`flush_tls`], but gives up (leaving the records for the other direction's next flush)
+/// when that direction is mid-send: the platform→target direction must never wait on the
+/// target→platform one.
+fn try_flush_tls(conn: &Mutex<ServerConnection>, outbound: &Outbound) -> Result<(), ConnError> {
+    match outbound.order.try_lock() {
+        Ok(_order) => send_records(conn, outbound),
+        Err(_) => Ok(()),
+    }
+}
+
+fn send_records(conn: &Mutex<ServerConnection>, outbound: &Outbound) -> Result<(), ConnError> {
     let mut records = Vec::new();
     {
         let mut c = lock(conn);
         while c.wants_write() {
             c.write_tls(&mut records).map_err(io_err)?;
         }
-        if !records.is_empty() {
-            // Sending under the lock keeps records in sequence with the other direction.
-            outbound.send(Chunk::Data(records)).map_err(io_err)?;
-        }
+    }
+    if !records.is_empty() {
+        outbound.send(Chunk::Data(records)).map_err(io_err)?;
     }
     Ok(())
 }
@@ -395,16 +415,19 @@ fn platform_to_target(
 ) -> Result<(), ConnError> {
     let mut buf = vec![0u8; 32 * 1024];
     let mut plain = Vec::with_capacity(32 * 1024);
+    let mut closed = false;
     loop {
         let n = inbound.read(&mut buf).map_err(io_err)?;
         if n == 0 {
-            // The channel ended: if the platform had closed TLS cleanly we would have seen
-            // close_notify first, so this is an abort.
-            let _ = target.shutdown(Shutdown::Both);
+            // The channel ended. After the platform's close_notify that is the normal end of
+            // this direction (the target may still be sending: leave its read side alone);
+            // without one it is an abort.
+            if !closed {
+                let _ = target.shutdown(Shutdown::Both);
+            }
             return Ok(());
         }
         plain.clear();
-        let mut closed = false;
         {
             let mut c = lock(conn);
             let mut data = &buf[..n];
@@ -412,10 +435,12 @@ fn platform_to_target(
                 c.read_tls(&mut data).map_err(io_err)?;
                 c.process_new_packets()
                     .map_err(|e| ConnError::Io(format!("TLS from the platform: {e}")))?;
-                closed |= read_plain(&mut c, &mut plain)?;
+                if read_plain(&mut c, &mut plain)? && !closed {
+                    closed = true;
+                }
             }
         }
-        flush_tls(conn, outbound)?;
+        try_flush_tls(conn, outbound)?;
         target.write_all(&plain).map_err(io_err)?;
         if closed {
             let _ = target.shutdown(Shutdown::Write);

@@ -2,6 +2,7 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub(crate) mod e2e;
 pub(crate) mod gateway;
 pub(crate) mod platform;
 pub(crate) mod relay;
