@@ -6,6 +6,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::e2e::{drain_digest, exchange_target, run_exchange, Connect};
@@ -187,4 +188,42 @@ fn org_relay_is_chosen_before_the_shared_instance_relay() {
     // Org a's gateway stays on the shared instance relay.
     assert_eq!(w.relay.metric("postern_relay_tunnels"), 1);
     drop(gb);
+}
+
+#[test]
+fn ping_reports_relay_and_timings() {
+    let w = world();
+    let out = Command::new(common::platform::bin())
+        .args(["ping", "--gateway", "g1", "--count", "3"])
+        .env("POSTERN_PLATFORM", &w.p.url)
+        .env("POSTERN_TOKEN", w.alice.expose())
+        .output()
+        .unwrap();
+    let text = common::text(&out);
+    assert!(out.status.success(), "{text}");
+    for line in [
+        "gateway g1 via relay r0",
+        "relay TLS setup:",
+        "inner handshake:",
+        "round trip (3):",
+    ] {
+        assert!(text.contains(line), "{line:?} missing from {text}");
+    }
+    // And the error a person reads for a gateway that is not connected.
+    w.p.client(&w.p.identity("gateway", Some("a"), "g2", &[]))
+        .gateway_register(&common::platform::gateway_registration())
+        .unwrap();
+    let out = Command::new(common::platform::bin())
+        .args(["ping", "--gateway", "g2"])
+        .env("POSTERN_PLATFORM", &w.p.url)
+        .env("POSTERN_TOKEN", w.alice.expose())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        common::text(&out)
+            .contains("gateway not connected: gateway g2 of org a is not connected to relay r0"),
+        "{}",
+        common::text(&out)
+    );
 }
