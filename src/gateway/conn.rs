@@ -398,13 +398,21 @@ fn splice(
         .map_err(io_err)?;
     let down = platform_to_target(&conn, &mut inbound, &outbound, &target);
     if down.is_err() {
-        let _ = target.shutdown(Shutdown::Both);
+        reset(&target);
         let _ = outbound.send(Chunk::Abort);
     }
     let up = upstream
         .join()
         .unwrap_or_else(|_| Err(ConnError::Io("target thread panicked".into())));
     down.and(up)
+}
+
+/// Ends the target connection as an error: the socket will close with a reset (linger 0) once
+/// the copy threads let go of it, and the reading thread is woken without sending a FIN, so the
+/// target never mistakes an aborted session for a complete one.
+fn reset(target: &TcpStream) {
+    let _ = socket2::SockRef::from(target).set_linger(Some(Duration::ZERO));
+    let _ = target.shutdown(Shutdown::Read);
 }
 
 fn platform_to_target(
@@ -423,7 +431,7 @@ fn platform_to_target(
             // this direction (the target may still be sending: leave its read side alone);
             // without one it is an abort.
             if !closed {
-                let _ = target.shutdown(Shutdown::Both);
+                reset(target);
             }
             return Ok(());
         }
