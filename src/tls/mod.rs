@@ -334,7 +334,9 @@ fn not_after_of(cert: &CertificateDer<'_>) -> Result<u64, TlsError> {
     u64::try_from(t).map_err(|_| TlsError::Certificate(format!("notAfter {t} is before 1970")))
 }
 
-fn verify_tls13(
+/// A TLS 1.3 signature check with postern's algorithms (ring, Ed25519 and ECDSA P-256 among
+/// them), for every verifier in the crate.
+pub(crate) fn verify_tls13(
     message: &[u8],
     cert: &CertificateDer<'_>,
     dss: &DigitallySignedStruct,
@@ -342,11 +344,13 @@ fn verify_tls13(
     rustls::crypto::verify_tls13_signature(message, cert, dss, &algorithms())
 }
 
-fn refuse_tls12() -> Result<HandshakeSignatureValid, rustls::Error> {
+/// The answer of every postern verifier to a TLS 1.2 signature.
+pub(crate) fn refuse_tls12() -> Result<HandshakeSignatureValid, rustls::Error> {
     Err(rustls::Error::General("postern speaks TLS 1.3 only".into()))
 }
 
-fn schemes() -> Vec<SignatureScheme> {
+/// The signature schemes every postern verifier offers.
+pub(crate) fn schemes() -> Vec<SignatureScheme> {
     algorithms().supported_schemes()
 }
 
