@@ -77,8 +77,7 @@ fn full_path_carries_data_to_the_permitted_target() {
         .map(|i| u8::try_from(i % 253).unwrap())
         .collect();
     echo(&mut stream, &payload, "T:");
-    stream.conn.send_close_notify();
-    stream.flush().unwrap();
+    postern::platform::dial::finish(&mut stream).unwrap();
     let mut rest = Vec::new();
     stream.read_to_end(&mut rest).unwrap();
     assert!(rest.is_empty(), "a clean close after the echo");

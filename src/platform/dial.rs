@@ -154,6 +154,17 @@ fn connect(address: &str, timeout: Duration) -> Result<TcpStream, DialError> {
 /// The end-to-end stream to a target: the inner TLS session, inside the relay splice.
 pub type GatewayStream = StreamOwned<ClientConnection, RelayStream>;
 
+/// Ends a session cleanly once the caller has written everything: closes the inner session and
+/// the relay hop with close_notify, so the relay and the gateway finish delivering instead of
+/// aborting. (Dropping a stream without this is an abort: the far end sees an error.) Reading
+/// what the target still sends remains possible until it closes too.
+pub fn finish(stream: &mut GatewayStream) -> std::io::Result<()> {
+    stream.conn.send_close_notify();
+    stream.flush()?;
+    stream.sock.conn.send_close_notify();
+    stream.sock.flush()
+}
+
 /// Opens the whole path for `session`: the relay hop ([`dial_relay`]), then [`open_inner`].
 /// The relay socket's read timeout (`timeout`) bounds every phase and is lifted once connected.
 pub fn dial_gateway(
