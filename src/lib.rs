@@ -23,6 +23,7 @@ pub mod enrol;
 pub mod frame;
 pub mod gateway;
 pub mod id;
+pub mod notify;
 pub mod pki;
 pub mod platform;
 pub mod relay;

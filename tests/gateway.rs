@@ -385,3 +385,42 @@ fn connect_proxy() -> (String, std::sync::mpsc::Receiver<String>) {
     });
     (addr, rx)
 }
+
+#[test]
+fn gateway_tells_systemd_it_is_ready_only_once_the_tunnel_is_up() {
+    let mut p = TestPlatform::init();
+    p.ok(&["org", "create", "a"]);
+    let r0 = p.identity("relay", None, "r0", &[]);
+    p.start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("notify");
+    let listener = std::os::unix::net::UnixDatagram::bind(&socket).unwrap();
+    let g1 = p.identity("gateway", Some("a"), "g1", &[]);
+    // No relay yet: the gateway keeps retrying its registration and must not claim readiness.
+    let mut gateway = std::process::Command::new(env!("CARGO_BIN_EXE_postern-gateway"))
+        .args(["run", "--health-listen", "127.0.0.1:0"])
+        .env("POSTERN_STATE", dir.path().join("state"))
+        .env("POSTERN_PLATFORM", &p.url)
+        .env("POSTERN_TOKEN", g1.expose())
+        .env("NOTIFY_SOCKET", &socket)
+        .env("RUST_LOG", "error")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 64];
+    listener
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let early = listener.recv(&mut buf);
+    assert!(early.is_err(), "READY=1 before any tunnel: {early:?}");
+    let _relay = TestRelay::start(&p, &r0);
+    listener
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let n = listener
+        .recv(&mut buf)
+        .expect("READY=1 once the tunnel is up");
+    assert_eq!(&buf[..n], b"READY=1");
+    let _ = gateway.kill();
+    let _ = gateway.wait();
+}

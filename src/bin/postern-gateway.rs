@@ -106,6 +106,7 @@ fn serve(args: Run) -> Fallible {
     };
     let on_ready = Box::new(move |who: &str, relay: &str| {
         println!("postern-gateway: {who} ready: tunnel to relay {relay}, health {health_local}");
+        postern::notify::ready();
     });
     run(settings, stopping, Some(health), on_ready).map_err(|e| e.to_string())?;
     log::info!("stopped");

@@ -485,6 +485,7 @@ fn run_serve(state: State, s: Serve) -> Fallible {
         api_ca.names().join(", "),
         hex(&api_ca.fingerprint())
     );
+    postern::notify::ready();
     serve(
         listener,
         tls,

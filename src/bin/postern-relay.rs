@@ -159,6 +159,7 @@ async fn serve(run: Run) -> Fallible {
         local(&tls_listener),
         local(&metrics_listener)
     );
+    postern::notify::ready();
     let tasks = [
         tokio::spawn(serve_ssh(shared.clone(), ssh_listener)),
         tokio::spawn(serve_platforms(shared.clone(), tls_listener)),
