@@ -30,26 +30,32 @@ fn cas() -> Cas {
     }
 }
 
-/// sshd with host key `host_key`, presenting `host_cert` (if any), trusting `cas.user` for
-/// principal `g1`.
-fn sshd(dir: &Path, cas: &Cas, host_cert: Option<String>) -> Sshd {
+/// The sshd host key in `dir` (`host_ed25519`), made with ssh-keygen on first use.
+fn host_key(dir: &Path) -> PublicKey {
     let host = dir.join("host_ed25519");
-    let out = run(
-        "ssh-keygen",
-        &[
-            "-q",
-            "-t",
-            "ed25519",
-            "-N",
-            "",
-            "-f",
-            host.to_str().unwrap(),
-        ],
-    );
-    assert!(out.status.success(), "{}", text(&out));
-    let host_pub =
-        PublicKey::from_openssh(&std::fs::read_to_string(host.with_extension("pub")).unwrap())
-            .unwrap();
+    if !host.exists() {
+        let out = run(
+            "ssh-keygen",
+            &[
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-f",
+                host.to_str().unwrap(),
+            ],
+        );
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    PublicKey::from_openssh(&std::fs::read_to_string(host.with_extension("pub")).unwrap()).unwrap()
+}
+
+/// sshd in `dir` with its host key, presenting `host_cert` (a fresh one from `cas.host` when
+/// `None`, none at all when empty), trusting `cas.user` for principal `g1`.
+fn sshd(dir: &Path, cas: &Cas, host_cert: Option<String>) -> Sshd {
+    let host_pub = host_key(dir);
+    let host = dir.join("host_ed25519");
     write(
         &dir.join("user_ca.pub"),
         cas.user.public_key().to_openssh().unwrap().as_bytes(),
@@ -81,11 +87,6 @@ fn sshd(dir: &Path, cas: &Cas, host_cert: Option<String>) -> Sshd {
         settings.push_str(&format!("HostCertificate {}\n", path.display()));
     }
     start(dir, &settings)
-}
-
-fn host_pub(dir: &Path) -> PublicKey {
-    PublicKey::from_openssh(&std::fs::read_to_string(dir.join("host_ed25519.pub")).unwrap())
-        .unwrap()
 }
 
 fn spec(cas: &Cas, port: u16) -> TunnelSpec {
@@ -176,65 +177,38 @@ fn reject_relay_host_certificate_from_another_ca() {
     let other =
         SshAuthority::create(name(Scope::Org(org("b")), AuthorityKind::RelaySshServer)).unwrap();
     // Generate the host key first (sshd() makes it), then re-sign it with the other CA.
-    drop(sshd(dir.path(), &cas, None));
     let cert = other
         .issue_relay_host(
-            &host_pub(dir.path()),
+            &host_key(dir.path()),
             &RelayId::new("r1").unwrap(),
             &["127.0.0.1".into()],
             SystemTime::now(),
             Lifetime::days(1),
         )
         .unwrap();
-    let err = refuse_with_key_of(dir.path(), &cas, cert.to_openssh().unwrap());
+    let err = expect_refused_before_credentials(dir.path(), &cas, cert.to_openssh().unwrap());
     assert!(
         matches!(&err, TunnelError::RelayHost(m) if m.contains("CA")),
         "{err}"
     );
 }
 
-/// Restarts sshd in `dir` keeping its host key, presenting `cert`.
-fn refuse_with_key_of(dir: &Path, cas: &Cas, cert: String) -> TunnelError {
-    let fresh = tempfile::tempdir().unwrap();
-    for f in ["host_ed25519", "host_ed25519.pub"] {
-        std::fs::copy(dir.join(f), fresh.path().join(f)).unwrap();
-    }
-    let path = fresh.path().join("host_ed25519-cert.pub");
-    write(&path, cert.as_bytes(), 0o644);
-    write(
-        &fresh.path().join("user_ca.pub"),
-        cas.user.public_key().to_openssh().unwrap().as_bytes(),
-        0o644,
-    );
-    let sshd = start(
-        fresh.path(),
-        &format!(
-            "HostKey {dir}/host_ed25519\nHostCertificate {cert}\nTrustedUserCAKeys {dir}/user_ca.pub\n\
-             AuthorizedKeysFile none\nLogLevel DEBUG1\n",
-            dir = fresh.path().display(),
-            cert = path.display()
-        ),
-    );
-    refused_before_credentials(&sshd, cas)
-}
-
 #[test]
 fn reject_expired_relay_host_certificate() {
     let dir = tempfile::tempdir().unwrap();
     let cas = cas();
-    drop(sshd(dir.path(), &cas, None));
     let week_ago = SystemTime::now() - Duration::from_secs(7 * 86_400);
     let cert = cas
         .host
         .issue_relay_host(
-            &host_pub(dir.path()),
+            &host_key(dir.path()),
             &RelayId::new("r1").unwrap(),
             &["127.0.0.1".into()],
             week_ago,
             Lifetime::days(1),
         )
         .unwrap();
-    let err = refuse_with_key_of(dir.path(), &cas, cert.to_openssh().unwrap());
+    let err = expect_refused_before_credentials(dir.path(), &cas, cert.to_openssh().unwrap());
     assert!(
         matches!(&err, TunnelError::RelayHost(m) if m.contains("expired")),
         "{err}"
@@ -266,7 +240,7 @@ fn reject_user_type_certificate_as_relay_host() {
     )
     .unwrap();
     let cas = Cas { host, ..cas() };
-    drop(sshd(dir.path(), &cas, None));
+    host_key(dir.path());
     let out = run(
         "ssh-keygen",
         &[
@@ -284,7 +258,7 @@ fn reject_user_type_certificate_as_relay_host() {
     );
     assert!(out.status.success(), "{}", text(&out));
     let cert = std::fs::read_to_string(dir.path().join("host_ed25519-cert.pub")).unwrap();
-    let err = refuse_with_key_of(dir.path(), &cas, cert);
+    let err = expect_refused_before_credentials(dir.path(), &cas, cert);
     assert!(
         matches!(&err, TunnelError::RelayHost(m) if m.to_lowercase().contains("user")),
         "{err}"
