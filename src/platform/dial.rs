@@ -165,8 +165,7 @@ pub fn finish(stream: &mut GatewayStream) -> std::io::Result<()> {
     stream.sock.flush()
 }
 
-/// Opens the whole path for `session`: the relay hop ([`dial_relay`]), then [`open_inner`].
-/// The relay socket's read timeout (`timeout`) bounds every phase and is lifted once connected.
+/// Opens the whole path for `session`: the relay hop ([`dial_relay`]), then [`open_gateway`].
 pub fn dial_gateway(
     session: &SessionCredentials,
     relay_key: PrivateKeyDer<'static>,
@@ -175,16 +174,29 @@ pub fn dial_gateway(
     timeout: Duration,
 ) -> Result<GatewayStream, DialError> {
     let relay = dial_relay(session, relay_key, timeout)?;
+    open_gateway(relay, session, gateway_key, mode, timeout)
+}
+
+/// [`open_inner`] over a relay hop, every phase bounded by `timeout` (a read timeout on the
+/// relay socket, lifted once the gateway has answered).
+pub fn open_gateway(
+    relay: RelayStream,
+    session: &SessionCredentials,
+    gateway_key: PrivateKeyDer<'static>,
+    mode: crate::tls::Mode,
+    timeout: Duration,
+) -> Result<GatewayStream, DialError> {
+    let unreachable = |e: std::io::Error| DialError::Unreachable(e.to_string());
     relay
         .sock
         .set_read_timeout(Some(timeout))
-        .map_err(|e| DialError::Unreachable(e.to_string()))?;
+        .map_err(unreachable)?;
     let stream = open_inner(relay, session, gateway_key, mode)?;
     stream
         .sock
         .sock
         .set_read_timeout(None)
-        .map_err(|e| DialError::Unreachable(e.to_string()))?;
+        .map_err(unreachable)?;
     Ok(stream)
 }
 

@@ -14,7 +14,7 @@ use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use super::api::{SessionCredentials, SessionRequest};
 use super::client::ApiClient;
-use super::dial::{dial_relay, open_inner, DialError, GatewayStream};
+use super::dial::{dial_relay, open_gateway, DialError, GatewayStream};
 use crate::clock::unix_now;
 use crate::tls::Mode;
 
@@ -152,16 +152,7 @@ impl Dialer {
             }
         })?;
         let t2 = Instant::now();
-        relay
-            .sock
-            .set_read_timeout(Some(self.timeout))
-            .map_err(|e| DialError::Unreachable(e.to_string()))?;
-        let stream = open_inner(relay, &creds, gateway_key, mode)?;
-        stream
-            .sock
-            .sock
-            .set_read_timeout(None)
-            .map_err(|e| DialError::Unreachable(e.to_string()))?;
+        let stream = open_gateway(relay, &creds, gateway_key, mode, self.timeout)?;
         Ok((stream, [t1 - t0, t2 - t1, t2.elapsed()]))
     }
 
