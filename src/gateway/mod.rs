@@ -48,7 +48,7 @@ impl Metrics {
     fn connection_ended(&self) {
         self.active.fetch_sub(1, Ordering::Relaxed);
     }
-    fn refused(&self, _why: &conn::ConnError) {
+    fn refused(&self) {
         self.refused.fetch_add(1, Ordering::Relaxed);
     }
 }

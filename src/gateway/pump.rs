@@ -252,7 +252,7 @@ impl Pump {
                 shared.metrics.connection_started();
                 let origin = format!("connection {id} via relay {relay}");
                 if let Err(e) = conn::serve(pipe, &shared, &origin) {
-                    shared.metrics.refused(&e);
+                    shared.metrics.refused();
                     log::warn!("{origin}: {e}");
                 }
                 shared.metrics.connection_ended();
