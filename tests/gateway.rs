@@ -327,16 +327,7 @@ fn stalled_relay_is_noticed_within_ten_seconds() {
 #[test]
 fn gateway_stops_cleanly_on_sigterm() {
     let mut w = world();
-    let pid = w.gateway.child.id().to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    wait_until("the gateway exiting", 15, || {
-        w.gateway.child.try_wait().unwrap().is_some()
-    });
-    assert!(w.gateway.child.wait().unwrap().success());
+    assert!(common::terminate(&mut w.gateway.child, "gateway").success());
     w.relay.wait_tunnels(0);
 }
 

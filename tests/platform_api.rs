@@ -496,6 +496,18 @@ fn restart_of_serve_keeps_all_state() {
 }
 
 #[test]
+fn serve_stops_cleanly_on_sigterm_and_starts_again() {
+    let mut w = world();
+    let enrolment = w.p.identity("gateway", Some("a"), "g1", &[]);
+    let ca = w.p.client(&enrolment).api_ca().clone();
+    let status = w.p.terminate();
+    assert!(status.success(), "serve exited with {status}");
+    w.p.start(&[]);
+    let again = ApiClient::pinned(&w.p.url, enrolment.token.clone(), ca).unwrap();
+    again.gateway_register(&gateway_registration()).unwrap();
+}
+
+#[test]
 fn repeated_failed_token_attempts_are_rate_limited() {
     let mut p = TestPlatform::init();
     p.ok(&["org", "create", "a"]);

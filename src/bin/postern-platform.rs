@@ -485,15 +485,40 @@ fn run_serve(state: State, s: Serve) -> Fallible {
         api_ca.names().join(", "),
         hex(&api_ca.fingerprint())
     );
+    let stop = stop_on_signal(local)?;
     postern::notify::ready();
-    serve(
-        listener,
-        tls,
-        Arc::new(platform),
-        Limits::default(),
-        Arc::new(AtomicBool::new(false)),
-    )
-    .map_err(|e| e.to_string())
+    serve(listener, tls, Arc::new(platform), Limits::default(), stop)
+        .map_err(|e| e.to_string())?;
+    eprintln!("postern-platform: stopped");
+    Ok(())
+}
+
+/// Sets the returned flag on SIGTERM or SIGINT and wakes the accept loop listening on `local`,
+/// so `serve` finishes the requests in flight and returns.
+fn stop_on_signal(local: std::net::SocketAddr) -> Fallible<Arc<AtomicBool>> {
+    use std::io::Read;
+    use std::os::unix::net::UnixStream;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (mut woken, waker) = UnixStream::pair().map_err(|e| format!("signal pipe: {e}"))?;
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        let waker = waker.try_clone().map_err(|e| format!("signal pipe: {e}"))?;
+        signal_hook::low_level::pipe::register(signal, waker)
+            .map_err(|e| format!("signal handler: {e}"))?;
+    }
+    let flag = stop.clone();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut byte = [0u8; 1];
+            if woken.read(&mut byte).is_ok() {
+                eprintln!("postern-platform: stopping, finishing requests in flight");
+                flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                // Wake the blocking accept; the connection is dropped unserved.
+                let _ = std::net::TcpStream::connect(local);
+            }
+        })
+        .map_err(|e| format!("signal thread: {e}"))?;
+    Ok(stop)
 }
 
 fn operator_client(platform: Option<String>, token_file: Option<PathBuf>) -> Fallible<ApiClient> {

@@ -121,7 +121,9 @@ pub fn api_tls_config(
     Ok(Arc::new(config))
 }
 
-/// Serves `listener` until `stop` is set (checked after each accepted connection).
+/// Serves `listener` until `stop` is set (checked after each accepted connection, so whoever sets
+/// it should then connect once to wake the listener), then waits up to `limits.timeout` for the
+/// connections in flight to finish.
 pub fn serve(
     listener: TcpListener,
     tls: Arc<ServerConfig>,
@@ -155,6 +157,10 @@ pub fn serve(
         if spawned.is_err() {
             active.fetch_sub(1, Ordering::SeqCst);
         }
+    }
+    let drained_by = Instant::now() + limits.timeout;
+    while active.load(Ordering::SeqCst) > 0 && Instant::now() < drained_by {
+        std::thread::sleep(Duration::from_millis(20));
     }
     Ok(())
 }

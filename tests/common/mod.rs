@@ -11,10 +11,29 @@ pub(crate) mod sshd;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Child, Command, ExitStatus, Output};
+use std::time::{Duration, Instant};
 
 use postern::id::{GatewayId, OrgId};
 use postern::pki::{AuthorityKind, AuthorityName, Scope};
+
+/// Sends SIGTERM to `child` and waits (bounded) for it to exit.
+pub(crate) fn terminate(child: &mut Child, what: &str) -> ExitStatus {
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "{what} did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
 
 /// Runs `program args...`, panicking with a clear message when the tool is not installed.
 pub(crate) fn run(program: &str, args: &[&str]) -> Output {

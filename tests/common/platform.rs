@@ -112,6 +112,12 @@ impl TestPlatform {
         }
     }
 
+    /// Sends SIGTERM to `serve` and returns how it exited.
+    pub(crate) fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.serve.take().expect("serve is running");
+        super::terminate(&mut child, "postern-platform serve")
+    }
+
     /// A client enrolled with `enrolment` (checks the API pin).
     pub(crate) fn client(&self, enrolment: &Enrolment) -> ApiClient {
         ApiClient::enrol(&self.url, enrolment).unwrap()

@@ -101,20 +101,7 @@ impl TestRelay {
 
     /// Sends SIGTERM and waits (bounded) for a clean exit.
     pub(crate) fn terminate(&mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        assert!(Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success());
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "relay did not stop on SIGTERM");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        super::terminate(&mut self.child, "relay")
     }
 
     /// `GET path` on the metrics listener.
