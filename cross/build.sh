@@ -7,7 +7,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
-export PATH="$root/cross/bin:$PATH"
+source "$root/cross/env.sh"
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(x86_64-unknown-linux-musl aarch64-unknown-linux-musl armv7-unknown-linux-gnueabihf)
 bins=(postern-platform postern-relay postern-gateway)
@@ -20,7 +20,9 @@ report=dist/SIZES.md
 } >"$report"
 for target in "${targets[@]}"; do
   echo "==> $target"
-  cargo --config cross/config.toml build --locked --release --target "$target" --bins
+  # RUSTFLAGS replaces cross/config.toml's per-target rustflags, so it repeats +crt-static.
+  RUSTFLAGS="-C target-feature=+crt-static -C force-unwind-tables=no" \
+    cargo --config cross/config.toml build --locked --release --target "$target" --bins
   mkdir -p "dist/$target"
   row="| $target |"
   for bin in "${bins[@]}"; do

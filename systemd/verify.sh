@@ -20,6 +20,14 @@ if [ -n "$out" ]; then
   echo "error: systemd-analyze verify warned about the units above" >&2
   exit 1
 fi
+# The check must be able to fail: a unit with an unknown key has to be reported.
+cp "$tmp/postern-gateway.service" "$tmp/broken.service"
+echo "NoSuchSetting=yes" >>"$tmp/broken.service"
+if [ -z "$(cd "$tmp" && systemd-analyze verify --man=no ./broken.service 2>&1)" ]; then
+  echo "error: systemd-analyze verify did not report an unknown key; the check above proves nothing" >&2
+  exit 1
+fi
+rm "$tmp/broken.service"
 for unit in "$tmp"/*.service; do
   score="$(systemd-analyze security --offline=true "$unit" 2>/dev/null | tail -1)" || score="(security --offline unavailable)"
   echo "$(basename "$unit"): verified; $score"

@@ -50,11 +50,12 @@ fn two_hundred_concurrent_connections_are_all_correct() {
     let (target, received) = exchange_target(len);
     let connect = Connect::start(&w.p, &w.alice, "g1", &target);
     let port = connect.port;
-    let clients: Vec<_> = (0..200u64)
-        .map(|i| std::thread::spawn(move || run_exchange(port, i + 1, len)))
+    let n = common::scaled(200, 20, "concurrent connections");
+    let clients: Vec<_> = (1..=n)
+        .map(|i| std::thread::spawn(move || run_exchange(port, u64::try_from(i).unwrap(), len)))
         .collect();
     let mut sent: Vec<_> = clients.into_iter().map(|c| c.join().unwrap()).collect();
-    let mut got: Vec<_> = (0..200)
+    let mut got: Vec<_> = (0..n)
         .map(|_| received.recv_timeout(Duration::from_secs(60)).unwrap())
         .collect();
     sent.sort();

@@ -16,7 +16,7 @@ fn mib() -> usize {
     std::env::var("POSTERN_E2E_MIB")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(256)
+        .unwrap_or_else(|| common::scaled(256, 16, "MiB each way"))
 }
 
 #[test]

@@ -487,8 +487,7 @@ fn run_serve(state: State, s: Serve) -> Fallible {
     );
     let stop = stop_on_signal(local)?;
     postern::notify::ready();
-    serve(listener, tls, Arc::new(platform), Limits::default(), stop)
-        .map_err(|e| e.to_string())?;
+    serve(listener, tls, Arc::new(platform), Limits::default(), stop).map_err(|e| e.to_string())?;
     eprintln!("postern-platform: stopped");
     Ok(())
 }

@@ -24,6 +24,11 @@ impl Drop for Connect {
 }
 
 impl Connect {
+    /// The `connect` process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub(crate) fn start(
         p: &TestPlatform,
         operator: &Enrolment,

@@ -17,6 +17,18 @@ use std::time::{Duration, Instant};
 use postern::id::{GatewayId, OrgId};
 use postern::pki::{AuthorityKind, AuthorityName, Scope};
 
+/// `native`, or `emulated` when the suite runs under qemu-user (`POSTERN_EMULATED`, set by
+/// cross/test.sh), saying so: emulated TLS and SSH run 10 to 100 times slower, so work sized for
+/// native speed is shrunk there rather than skipped.
+pub(crate) fn scaled(native: usize, emulated: usize, what: &str) -> usize {
+    if std::env::var_os("POSTERN_EMULATED").is_some() {
+        eprintln!("emulated run: {what}: {emulated} instead of {native}");
+        emulated
+    } else {
+        native
+    }
+}
+
 /// Sends SIGTERM to `child` and waits (bounded) for it to exit.
 pub(crate) fn terminate(child: &mut Child, what: &str) -> ExitStatus {
     let pid = child.id().to_string();

@@ -18,6 +18,7 @@ use super::platform::TestPlatform;
 pub(crate) struct TestRelay {
     child: Child,
     args: (String, String),
+    extra: Vec<String>,
     env: Vec<(String, String)>,
     pub(crate) ssh_port: u16,
     pub(crate) tls: String,
@@ -43,30 +44,43 @@ fn field<'a>(line: &'a str, key: &str) -> &'a str {
 impl TestRelay {
     /// Starts `postern-relay run` on 127.0.0.1 port 0 enrolled with `enrolment`.
     pub(crate) fn start(platform: &TestPlatform, enrolment: &Enrolment) -> Self {
+        Self::start_with(platform, enrolment, "127.0.0.1:0", &[])
+    }
+
+    /// As [`TestRelay::start`], with the SSH listener on `ssh_listen` and extra `run` flags.
+    pub(crate) fn start_with(
+        platform: &TestPlatform,
+        enrolment: &Enrolment,
+        ssh_listen: &str,
+        extra: &[&str],
+    ) -> Self {
+        let extra: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
         let dir = tempfile::tempdir().unwrap();
         let env = vec![
             ("POSTERN_STATE".to_owned(), dir.path().display().to_string()),
             ("POSTERN_PLATFORM".to_owned(), platform.url.clone()),
             ("POSTERN_TOKEN".to_owned(), enrolment.expose()),
         ];
-        let (child, line) = Self::spawn(&env, "127.0.0.1:0", "127.0.0.1:0");
+        let (child, line) = Self::spawn(&env, ssh_listen, "127.0.0.1:0", &extra);
         let ssh = field(&line, "ssh ");
         Self {
             ssh_port: ssh.rsplit(':').next().unwrap().parse().unwrap(),
             tls: field(&line, "tls ").to_owned(),
             metrics: field(&line, "metrics ").to_owned(),
             args: (ssh.to_owned(), field(&line, "tls ").to_owned()),
+            extra,
             env,
             child,
             _dir: dir,
         }
     }
 
-    fn spawn(env: &[(String, String)], ssh: &str, tls: &str) -> (Child, String) {
+    fn spawn(env: &[(String, String)], ssh: &str, tls: &str, extra: &[String]) -> (Child, String) {
         let mut child = Command::new(env!("CARGO_BIN_EXE_postern-relay"))
             .args(["run", "--ssh-listen", ssh, "--tls-listen", tls])
             .args(["--metrics-listen", "127.0.0.1:0", "--hostname", "127.0.0.1"])
             .args(["--hostname", "localhost"])
+            .args(extra)
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env(
                 "RUST_LOG",
@@ -89,7 +103,7 @@ impl TestRelay {
     pub(crate) fn restart(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let (child, line) = Self::spawn(&self.env, &self.args.0, &self.args.1);
+        let (child, line) = Self::spawn(&self.env, &self.args.0, &self.args.1, &self.extra);
         self.child = child;
         self.metrics = field(&line, "metrics ").to_owned();
     }

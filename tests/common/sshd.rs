@@ -23,6 +23,11 @@ impl Drop for Sshd {
 }
 
 impl Sshd {
+    /// The listening sshd's process id (sessions run in its child processes).
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// What sshd logged so far.
     pub(crate) fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
