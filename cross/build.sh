@@ -21,12 +21,17 @@ report=dist/SIZES.md
 for target in "${targets[@]}"; do
   echo "==> $target"
   # RUSTFLAGS replaces cross/config.toml's per-target rustflags, so it repeats +crt-static.
-  RUSTFLAGS="-C target-feature=+crt-static -C force-unwind-tables=no" \
-    cargo --config cross/config.toml build --locked --release --target "$target" --bins
+  export RUSTFLAGS="-C target-feature=+crt-static -C force-unwind-tables=no"
+  cargo --config cross/config.toml build --locked --release --target "$target" \
+    --bin postern-platform --bin postern-relay
+  cargo --config cross/config.toml build --locked --profile firmware --target "$target" \
+    --bin postern-gateway
   mkdir -p "dist/$target"
   row="| $target |"
   for bin in "${bins[@]}"; do
-    cp "target/$target/release/$bin" "dist/$target/$bin"
+    profile=release
+    [ "$bin" != postern-gateway ] || profile=firmware
+    cp "target/$target/$profile/$bin" "dist/$target/$bin"
     bytes=$(stat -c %s "dist/$target/$bin")
     row="$row $(awk -v b="$bytes" 'BEGIN { printf "%.2f MiB (%d)", b / 1048576, b }') |"
     if file "dist/$target/$bin" | grep -q 'dynamically linked'; then

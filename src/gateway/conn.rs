@@ -415,17 +415,29 @@ fn reset(target: &TcpStream) {
     let _ = target.shutdown(Shutdown::Read);
 }
 
+/// Read buffers start at 4 KiB and double, up to 32 KiB, each time a read fills them: a busy
+/// connection soon reads in large pieces, an idle one holds only a few pages.
+const FIRST_READ: usize = 4 * 1024;
+const LARGEST_READ: usize = 32 * 1024;
+
+fn grow_after(buf: &mut Vec<u8>, filled: usize) {
+    if filled == buf.len() && buf.len() < LARGEST_READ {
+        buf.resize(buf.len() * 2, 0);
+    }
+}
+
 fn platform_to_target(
     conn: &Mutex<ServerConnection>,
     inbound: &mut Inbound,
     outbound: &Outbound,
     mut target: &TcpStream,
 ) -> Result<(), ConnError> {
-    let mut buf = vec![0u8; 32 * 1024];
-    let mut plain = Vec::with_capacity(32 * 1024);
+    let mut buf = vec![0u8; FIRST_READ];
+    let mut plain = Vec::new();
     let mut closed = false;
     loop {
         let n = inbound.read(&mut buf).map_err(io_err)?;
+        grow_after(&mut buf, n);
         if n == 0 {
             // The channel ended. After the platform's close_notify that is the normal end of
             // this direction (the target may still be sending: leave its read side alone);
@@ -458,14 +470,12 @@ fn platform_to_target(
 
 /// Moves decrypted bytes out; true once the platform sent close_notify.
 fn read_plain(c: &mut ServerConnection, plain: &mut Vec<u8>) -> Result<bool, ConnError> {
-    let mut chunk = [0u8; 16 * 1024];
-    loop {
-        match c.reader().read(&mut chunk) {
-            Ok(0) => return Ok(true),
-            Ok(n) => plain.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-            Err(e) => return Err(io_err(e)),
-        }
+    // rustls' reader ends with Ok(0) at close_notify and WouldBlock when it has nothing more;
+    // whatever it read before either stays in `plain`.
+    match c.reader().read_to_end(plain) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+        Err(e) => Err(io_err(e)),
     }
 }
 
@@ -475,7 +485,8 @@ fn target_to_platform(
     mut target: TcpStream,
     not_after: u64,
 ) -> Result<(), ConnError> {
-    let mut buf = vec![0u8; 32 * 1024];
+    let mut buf = vec![0u8; FIRST_READ];
+    let mut timeout_set = None;
     loop {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -489,10 +500,15 @@ fn target_to_platform(
             let _ = outbound.send(Chunk::Abort);
             return Ok(());
         }
+        // The read wakes up by the expiry at the latest; the socket option is only changed when
+        // the time left has moved by a second or more, not on every read.
         let left = Duration::from_secs(not_after - now).min(Duration::from_secs(3600));
-        target
-            .set_read_timeout(Some(left.max(Duration::from_millis(100))))
-            .map_err(io_err)?;
+        if timeout_set != Some(left) {
+            target
+                .set_read_timeout(Some(left.max(Duration::from_millis(100))))
+                .map_err(io_err)?;
+            timeout_set = Some(left);
+        }
         match target.read(&mut buf) {
             Ok(0) => {
                 lock(conn).send_close_notify();
@@ -505,6 +521,7 @@ fn target_to_platform(
                     c.writer().write_all(&buf[..n]).map_err(io_err)?;
                 }
                 flush_tls(conn, outbound)?;
+                grow_after(&mut buf, n);
             }
             Err(e)
                 if matches!(

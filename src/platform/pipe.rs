@@ -18,8 +18,10 @@ use rustls::ClientConnection;
 
 use super::dial::GatewayStream;
 
+/// Most bytes buffered each way (and from the relay socket) before reading stops.
 const CAP: usize = 256 * 1024;
-const CHUNK: usize = 32 * 1024;
+/// One read from a socket or a TLS layer.
+const CHUNK: usize = 64 * 1024;
 const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Bytes copied each way.
@@ -48,13 +50,85 @@ fn attempt<T>(r: io::Result<T>) -> io::Result<Option<T>> {
     }
 }
 
+/// A byte queue read from the front without moving what is left: consumed bytes are reclaimed
+/// when the queue empties, or when more room is needed at the back. Reads start at 4 KiB and
+/// double, up to [`CHUNK`], each time one fills its space, so an idle connection holds a few
+/// pages and a busy one reads in large pieces; storage grows (and is zeroed) only then.
+struct Buf {
+    data: Vec<u8>,
+    start: usize,
+    end: usize,
+    read_size: usize,
+}
+
+impl Default for Buf {
+    fn default() -> Self {
+        Self {
+            data: Vec::new(),
+            start: 0,
+            end: 0,
+            read_size: 4 * 1024,
+        }
+    }
+}
+
+impl Buf {
+    fn pending(&self) -> &[u8] {
+        &self.data[self.start..self.end]
+    }
+
+    fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+
+    fn has_room(&self) -> bool {
+        self.end - self.start < CAP
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.start += n;
+        if self.start == self.end {
+            (self.start, self.end) = (0, 0);
+        }
+    }
+
+    /// Fills the back from `read`; Ok(None) if it would block.
+    fn fill(
+        &mut self,
+        read: impl FnOnce(&mut [u8]) -> io::Result<usize>,
+    ) -> io::Result<Option<usize>> {
+        let want = self.read_size;
+        if self.end + want > self.data.len() && self.start > 0 {
+            self.data.copy_within(self.start..self.end, 0);
+            (self.start, self.end) = (0, self.end - self.start);
+        }
+        if self.end + want > self.data.len() {
+            self.data.resize(self.end + want, 0);
+        }
+        let got = attempt(read(&mut self.data[self.end..self.end + want]))?;
+        if let Some(n) = got {
+            self.end += n;
+            if n == want && want < CHUNK {
+                self.read_size = want * 2;
+            }
+        }
+        Ok(got)
+    }
+}
+
 struct Pipe {
     local: TcpStream,
     tcp: TcpStream,
     outer: ClientConnection,
     inner: ClientConnection,
-    up: Vec<u8>,
-    down: Vec<u8>,
+    /// Local bytes not yet taken by the inner session.
+    up: Buf,
+    /// Inner records not yet taken by the relay hop.
+    sealed: Buf,
+    /// Relay-socket bytes not yet taken by the relay hop's TLS.
+    rx: Buf,
+    /// Plaintext from the target not yet written to the local client.
+    down: Buf,
     local_eof: bool,
     remote_eof: bool,
     up_closed: bool,
@@ -63,6 +137,8 @@ struct Pipe {
     outer_closed: bool,
     /// The relay hop ended (its close_notify, or the socket's EOF).
     outer_eof: bool,
+    /// The relay socket reached end of stream.
+    tcp_eof: bool,
     copied: Copied,
 }
 
@@ -70,17 +146,17 @@ impl Pipe {
     /// Local client → inner TLS → outer TLS → relay socket. True if anything moved.
     fn upward(&mut self) -> io::Result<bool> {
         let mut moved = false;
-        let mut buf = [0u8; CHUNK];
-        if !self.local_eof && self.up.len() < CAP {
-            match attempt(self.local.read(&mut buf))? {
+        if !self.local_eof && self.up.has_room() {
+            let local = &mut self.local;
+            match self.up.fill(|b| local.read(b))? {
                 Some(0) => (self.local_eof, moved) = (true, true),
-                Some(n) => (moved, _) = (true, self.up.extend_from_slice(&buf[..n])),
+                Some(_) => moved = true,
                 None => {}
             }
         }
         if !self.up.is_empty() {
-            let n = self.inner.writer().write(&self.up)?;
-            self.up.drain(..n);
+            let n = self.inner.writer().write(self.up.pending())?;
+            self.up.consume(n);
             self.copied.up += u64::try_from(n).unwrap_or(0);
             moved |= n > 0;
         }
@@ -89,14 +165,25 @@ impl Pipe {
             self.up_closed = true;
             moved = true;
         }
-        while self.inner.wants_write() {
-            let n = self.inner.write_tls(&mut self.outer.writer())?;
-            if n == 0 {
-                break;
+        // Inner records are gathered first, so the relay hop seals them in full-size records.
+        while self.inner.wants_write() && self.sealed.has_room() {
+            let inner = &mut self.inner;
+            match self.sealed.fill(|mut b| inner.write_tls(&mut b))? {
+                Some(n) if n > 0 => moved = true,
+                _ => break,
             }
-            moved = true;
         }
-        if self.up_closed && self.down_closed && !self.inner.wants_write() && !self.outer_closed {
+        if !self.sealed.is_empty() {
+            let n = self.outer.writer().write(self.sealed.pending())?;
+            self.sealed.consume(n);
+            moved |= n > 0;
+        }
+        if self.up_closed
+            && self.down_closed
+            && !self.inner.wants_write()
+            && self.sealed.is_empty()
+            && !self.outer_closed
+        {
             // Both inner directions are over: close the relay hop cleanly too, so the relay
             // finishes its splice instead of aborting it.
             self.outer.send_close_notify();
@@ -115,11 +202,39 @@ impl Pipe {
     /// Relay socket → outer TLS → inner TLS → local client. True if anything moved.
     fn downward(&mut self) -> io::Result<bool> {
         let mut moved = false;
+        // One large read from the socket, then the relay hop's TLS takes it from memory
+        // (rustls reads at most 4 KiB per call).
+        if !self.tcp_eof && self.rx.has_room() {
+            let tcp = &mut self.tcp;
+            match self.rx.fill(|b| tcp.read(b))? {
+                Some(0) => (self.tcp_eof, moved) = (true, true),
+                Some(_) => moved = true,
+                None => {}
+            }
+        }
+        while !self.outer_eof && self.outer.wants_read() && !self.rx.is_empty() {
+            let n = self.outer.read_tls(&mut self.rx.pending())?;
+            self.rx.consume(n);
+            moved = true;
+            self.outer.process_new_packets().map_err(tls)?;
+        }
+        if self.tcp_eof && self.rx.is_empty() && !self.outer_eof && self.outer.wants_read() {
+            // The socket ended and the relay hop's TLS has handed on all it decrypted: it learns
+            // of the end too, and judges whether a close_notify came first (if not, reading
+            // from it below is an error).
+            self.outer_eof = true;
+            moved = true;
+            let _ = self.outer.read_tls(&mut io::empty())?;
+            self.outer.process_new_packets().map_err(tls)?;
+        }
         // `wants_read` is false while a layer's received plaintext is full: that is where
         // backpressure stops reading from the layer below.
-        while !self.outer_eof && self.inner.wants_read() {
+        while self.inner.wants_read() {
             match attempt(self.inner.read_tls(&mut self.outer.reader()))? {
-                Some(0) => (self.outer_eof, moved) = (true, true),
+                Some(0) => {
+                    self.outer_eof = true;
+                    break;
+                }
                 Some(_) => {
                     moved = true;
                     self.inner.process_new_packets().map_err(tls)?;
@@ -127,37 +242,25 @@ impl Pipe {
                 None => break,
             }
         }
-        if !self.outer_eof && self.outer.wants_read() {
-            match attempt(self.outer.read_tls(&mut self.tcp))? {
-                Some(0) => {
-                    moved = true;
-                    self.outer_eof = true;
-                    self.outer.process_new_packets().map_err(tls)?;
-                }
-                Some(_) => {
-                    moved = true;
-                    self.outer.process_new_packets().map_err(tls)?;
-                }
-                None => {}
+        if !self.outer_eof {
+            // The relay's close_notify, once the inner session has taken everything before it.
+            let state = self.outer.process_new_packets().map_err(tls)?;
+            if state.peer_has_closed() && state.plaintext_bytes_to_read() == 0 {
+                self.outer_eof = true;
+                moved = true;
             }
         }
-        if self.outer_eof && !self.remote_eof {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the relay connection ended in the middle of the session",
-            ));
-        }
-        let mut buf = [0u8; CHUNK];
-        while !self.remote_eof && self.down.len() < CAP {
-            match attempt(self.inner.reader().read(&mut buf))? {
+        while !self.remote_eof && self.down.has_room() {
+            let inner = &mut self.inner;
+            match self.down.fill(|b| inner.reader().read(b))? {
                 Some(0) => (self.remote_eof, moved) = (true, true),
-                Some(n) => (moved, _) = (true, self.down.extend_from_slice(&buf[..n])),
+                Some(_) => moved = true,
                 None => break,
             }
         }
         if !self.down.is_empty() {
-            if let Some(n) = attempt(self.local.write(&self.down))? {
-                self.down.drain(..n);
+            if let Some(n) = attempt(self.local.write(self.down.pending()))? {
+                self.down.consume(n);
                 self.copied.down += u64::try_from(n).unwrap_or(0);
                 moved |= n > 0;
             }
@@ -166,6 +269,14 @@ impl Pipe {
             let _ = self.local.shutdown(Shutdown::Write);
             self.down_closed = true;
             moved = true;
+        }
+        // Judged only once nothing moves any more: until then the inner session may still
+        // hold the close_notify that makes the end clean.
+        if !moved && self.outer_eof && !self.remote_eof {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the relay connection ended in the middle of the session",
+            ));
         }
         Ok(moved)
     }
@@ -198,14 +309,17 @@ pub fn pipe(local: TcpStream, remote: GatewayStream) -> io::Result<Copied> {
         tcp,
         outer,
         inner,
-        up: Vec::new(),
-        down: Vec::new(),
+        up: Buf::default(),
+        sealed: Buf::default(),
+        rx: Buf::default(),
+        down: Buf::default(),
         local_eof: false,
         remote_eof: false,
         up_closed: false,
         down_closed: false,
         outer_closed: false,
         outer_eof: false,
+        tcp_eof: false,
         copied: Copied::default(),
     };
     let mut events = Events::with_capacity(8);

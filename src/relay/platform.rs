@@ -19,6 +19,9 @@ use crate::tls::TlsError;
 
 /// Splice buffer per direction.
 const SPLICE_BUFFER: usize = 64 * 1024;
+/// Socket read buffer under the TLS layer: rustls asks for at most 4 KiB per read, which would
+/// cost four system calls per full-size record.
+const SOCKET_READ_BUFFER: usize = 32 * 1024;
 
 pub(super) async fn connection(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
     let Ok(permit) = shared.handshakes.clone().try_acquire_owned() else {
@@ -30,6 +33,7 @@ pub(super) async fn connection(shared: Arc<Shared>, tcp: TcpStream, peer: Socket
     let live = shared.live();
     let acceptor = TlsAcceptor::from(live.tls.config());
     let timeout = shared.limits.handshake_timeout;
+    let tcp = tokio::io::BufReader::with_capacity(SOCKET_READ_BUFFER, tcp);
     let mut tls = match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {

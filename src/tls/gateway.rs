@@ -14,7 +14,7 @@ use rustls_pki_types::{CertificateDer, ServerName};
 
 use super::{
     client_config, not_after_of, server_config, server_name, ClientCheck, Identity, Mode,
-    ServerCheck, TlsError, TrustedAuthority, Usage,
+    ServerCheck, TlsError, TrustedAuthority, Usage, INNER_RECORD,
 };
 use crate::id::{gateway_pin_name, GatewayId, OrgId};
 use crate::pki::ext::{GatewayIdentity, Permission, Target};
@@ -131,7 +131,7 @@ impl GatewayTlsServer {
     /// that `verifier` accepts, and offers every [`Mode`] by ALPN.
     pub fn new(identity: Identity, verifier: GatewayClientVerifier) -> Result<Self, TlsError> {
         let alpn = Mode::ALL.iter().map(|m| m.alpn().to_vec()).collect();
-        let config = server_config(identity, verifier.clone(), alpn)?;
+        let config = server_config(identity, verifier.clone(), alpn, Some(INNER_RECORD))?;
         Ok(Self { config, verifier })
     }
 
@@ -227,6 +227,11 @@ pub fn platform_gateway_client(
     mode: Mode,
 ) -> Result<(Arc<ClientConfig>, ServerName<'static>), TlsError> {
     let name = server_name(verifier.pin())?;
-    let config = client_config(identity, verifier, vec![mode.alpn().to_vec()])?;
+    let config = client_config(
+        identity,
+        verifier,
+        vec![mode.alpn().to_vec()],
+        Some(INNER_RECORD),
+    )?;
     Ok((config, name))
 }

@@ -103,7 +103,7 @@ impl RelayTlsServer {
     /// Presents `identity` (a relay PKI Server CA leaf) and requires client certificates that
     /// `verifier` accepts.
     pub fn new(identity: Identity, verifier: RelayClientVerifier) -> Result<Self, TlsError> {
-        let config = server_config(identity, verifier.clone(), Vec::new())?;
+        let config = server_config(identity, verifier.clone(), Vec::new(), None)?;
         Ok(Self { config, verifier })
     }
 
@@ -170,5 +170,5 @@ pub fn platform_relay_client(
     identity: Identity,
     verifier: RelayServerVerifier,
 ) -> Result<Arc<ClientConfig>, TlsError> {
-    client_config(identity, verifier, Vec::new())
+    client_config(identity, verifier, Vec::new(), None)
 }
