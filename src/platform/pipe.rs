@@ -98,11 +98,19 @@ impl Buf {
         read: impl FnOnce(&mut [u8]) -> io::Result<usize>,
     ) -> io::Result<Option<usize>> {
         let want = self.read_size;
-        if self.end + want > self.data.len() && self.start > 0 {
-            self.data.copy_within(self.start..self.end, 0);
-            (self.start, self.end) = (0, self.end - self.start);
+        if self.end + want > self.data.len() {
+            let pending = self.end - self.start;
+            if self.start >= pending {
+                // Moving what is left costs no more than what was consumed since the last move.
+                self.data.copy_within(self.start..self.end, 0);
+                (self.start, self.end) = (0, pending);
+            }
         }
         if self.end + want > self.data.len() {
+            if self.data.len() >= CAP + CHUNK {
+                // Full until more is consumed.
+                return Ok(None);
+            }
             self.data.resize(self.end + want, 0);
         }
         let got = attempt(read(&mut self.data[self.end..self.end + want]))?;
