@@ -67,18 +67,22 @@ pub(crate) fn cpu_seconds(roots: &[u32]) -> f64 {
     ticks as f64 / ticks_per_second()
 }
 
-/// Resident memory in KiB of the trees under `roots`.
-pub(crate) fn rss_kib(roots: &[u32]) -> u64 {
+/// Resident memory in KiB of the trees under `roots`: (all of it, the private anonymous part).
+/// The rest is file-backed: pages of the program image, shared with the page cache.
+pub(crate) fn rss_kib(roots: &[u32]) -> (u64, u64) {
     let t = table();
+    let field = |status: &str, name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
     roots
         .iter()
         .flat_map(|r| tree(*r, &t))
         .filter_map(|p| fs::read_to_string(format!("/proc/{p}/status")).ok())
-        .filter_map(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<u64>().ok())
-        })
-        .sum()
+        .map(|s| (field(&s, "VmRSS:"), field(&s, "RssAnon:")))
+        .fold((0, 0), |(a, b), (x, y)| (a + x, b + y))
 }

@@ -24,6 +24,7 @@ pub(crate) struct Figures {
     setup_ms: Vec<f64>,
     rtt_us: Option<f64>,
     rss_idle: BTreeMap<&'static str, u64>,
+    anon_idle: BTreeMap<&'static str, u64>,
     rss_held: BTreeMap<usize, BTreeMap<&'static str, u64>>,
 }
 
@@ -75,13 +76,21 @@ pub(crate) fn mtls_setup(pki: &mtls::Pki, port: u16, settings: &Settings) -> Vec
 fn rss_by_role(s: &Scenario) -> BTreeMap<&'static str, u64> {
     s.roles
         .iter()
-        .map(|(role, pids)| (*role, procs::rss_kib(pids)))
+        .map(|(role, pids)| (*role, procs::rss_kib(pids).0))
+        .collect()
+}
+
+fn anon_by_role(s: &Scenario) -> BTreeMap<&'static str, u64> {
+    s.roles
+        .iter()
+        .map(|(role, pids)| (*role, procs::rss_kib(pids).1))
         .collect()
 }
 
 /// Resident memory idle and with each count of held connections.
 pub(crate) fn memory(s: &Scenario, settings: &Settings, f: &mut Figures) {
     f.rss_idle = rss_by_role(s);
+    f.anon_idle = anon_by_role(s);
     for &n in &settings.held {
         let held = target::hold(s.port, n).unwrap_or_else(|e| panic!("{}: hold {n}: {e}", s.name));
         std::thread::sleep(Duration::from_millis(500));
@@ -230,7 +239,7 @@ impl Report {
         }
         lines.extend([
             String::new(),
-            "| scenario | role | idle KiB | held | KiB per held connection |".into(),
+            "| scenario | role | idle KiB (anonymous) | held | KiB per held connection |".into(),
             "|---|---|---|---|---|".into(),
         ]);
         for (name, f) in figures.iter().filter(|(_, f)| !f.rss_idle.is_empty()) {
@@ -241,8 +250,9 @@ impl Report {
                     .map(|n| format!("{n}: {:.1}", per_connection(f, *n)[role]))
                     .collect();
                 let counts: Vec<String> = f.rss_held.keys().map(|n| n.to_string()).collect();
+                let anon = f.anon_idle.get(role).copied().unwrap_or(0);
                 lines.push(format!(
-                    "| {name} | {role} | {idle} | {} | {} |",
+                    "| {name} | {role} | {idle} ({anon}) | {} | {} |",
                     counts.join(", "),
                     held.join(", ")
                 ));
@@ -291,7 +301,8 @@ fn to_json(f: &Figures, s: &Summary) -> Value {
         "cpu_s_per_gib": f.cpu, "cpu_s_per_gib_median": s.cpu, "cpu_s_per_gib_total": s.cpu_total,
         "setup_ms_p50": s.p50, "setup_ms_p99": s.p99, "setup_ms_max": s.max,
         "setups_stalled": s.stalls, "rtt_us": f.rtt_us,
-        "rss_idle_kib": f.rss_idle, "rss_held_kib": f.rss_held,
+        "rss_idle_kib": f.rss_idle, "rss_anon_idle_kib": f.anon_idle,
+        "rss_held_kib": f.rss_held,
     })
 }
 
@@ -362,10 +373,11 @@ fn judge(
         ));
     }
     let idle = f.rss_idle.get("gateway").copied().unwrap_or(0);
+    let anon = f.anon_idle.get("gateway").copied().unwrap_or(0);
     out.push((
         "idle gateway ≤ 4 MiB resident".into(),
         idle <= 4096,
-        format!("{idle} KiB"),
+        format!("{idle} KiB, of which {anon} KiB private anonymous memory and the rest pages of the program file"),
     ));
     out
 }
