@@ -2,7 +2,7 @@
 //! a rustls terminator (tokio, as in the relay) in front of it. The same certificates, written as
 //! PEM, serve the stunnel instances of the stock copy.
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::TcpStream;
 use std::path::Path;
 use std::sync::Arc;
@@ -165,15 +165,6 @@ pub(crate) fn setup_once(config: &Arc<ClientConfig>, port: u16) -> io::Result<f6
     let name = ServerName::try_from("localhost").map_err(io::Error::other)?;
     let conn = ClientConnection::new(config.clone(), name).map_err(io::Error::other)?;
     let mut s = StreamOwned::new(conn, tcp);
-    let mut first = [0x41u8; 64];
-    first[0] = b'e';
-    s.write_all(&first)?;
-    s.write_all(&[0x42u8; 64])?;
-    let mut back = [0u8; 127];
-    s.read_exact(&mut back)?;
-    let took = start.elapsed().as_secs_f64();
-    if back[..63] != [0x41u8; 63] || back[63..] != [0x42u8; 64] {
-        return Err(io::Error::other("echo came back different"));
-    }
-    Ok(took)
+    crate::target::write_twice_then_read(&mut s)?;
+    Ok(start.elapsed().as_secs_f64())
 }

@@ -140,17 +140,23 @@ pub(crate) fn parallel_download(port: u16, bytes: u64, streams: u64) -> io::Resu
 pub(crate) fn setup_once(port: u16) -> io::Result<f64> {
     let start = Instant::now();
     let mut s = dial(port)?;
+    write_twice_then_read(&mut s)?;
+    Ok(start.elapsed().as_secs_f64())
+}
+
+/// The setup exchange: two 64-byte writes (echo mode, then payload) before any read, then the
+/// 127-byte echo, checked.
+pub(crate) fn write_twice_then_read(s: &mut (impl Read + Write)) -> io::Result<()> {
     let mut first = [0x41u8; 64];
     first[0] = b'e';
     s.write_all(&first)?;
     s.write_all(&[0x42u8; 64])?;
     let mut back = [0u8; 127];
     s.read_exact(&mut back)?;
-    let took = start.elapsed().as_secs_f64();
     if back[..63] != [0x41u8; 63] || back[63..] != [0x42u8; 64] {
         return Err(io::Error::other("echo came back different"));
     }
-    Ok(took)
+    Ok(())
 }
 
 /// Median seconds of `count` one-byte round trips over one connection.
