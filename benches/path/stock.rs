@@ -10,7 +10,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{run, sshd};
+use crate::common::relay::ssh_keypair;
+use crate::common::sshd;
 
 /// The running pieces; each role's processes, killed on drop.
 pub(crate) struct Stock {
@@ -130,23 +131,8 @@ pub(crate) fn start(
     let e2e = tls_service(dir, "e2e", false, gateway_tls, target);
     let gateway = stunnel(dir, "gateway", &e2e, gateway_tls);
 
-    let host_key = dir.join("host");
-    let user_key = dir.join("user");
-    for key in [&host_key, &user_key] {
-        let out = run(
-            "ssh-keygen",
-            &[
-                "-q",
-                "-t",
-                "ed25519",
-                "-N",
-                "",
-                "-f",
-                &key.display().to_string(),
-            ],
-        );
-        assert!(out.status.success(), "ssh-keygen failed");
-    }
+    ssh_keypair(dir, "host");
+    let user_key = ssh_keypair(dir, "user");
     std::fs::copy(dir.join("user.pub"), dir.join("authorized_keys")).expect("authorized_keys");
     let settings = format!(
         "HostKey {d}/host\nAuthorizedKeysFile {d}/authorized_keys\nAllowTcpForwarding yes\n\

@@ -33,15 +33,7 @@ fn serve(mut s: TcpStream) -> io::Result<()> {
     s.read_exact(&mut mode)?;
     match mode[0] {
         b'u' => {
-            let mut buf = vec![0u8; CHUNK];
-            let mut total = 0u64;
-            loop {
-                let n = s.read(&mut buf)?;
-                if n == 0 {
-                    break;
-                }
-                total += n as u64;
-            }
+            let total = count_to_end(&mut s)?;
             s.write_all(&total.to_le_bytes())?;
         }
         b'd' => {
@@ -61,6 +53,19 @@ fn serve(mut s: TcpStream) -> io::Result<()> {
         }
     }
     s.shutdown(Shutdown::Write)
+}
+
+/// Reads `s` to its end and returns how many bytes came.
+fn count_to_end(s: &mut TcpStream) -> io::Result<u64> {
+    let mut buf = vec![0u8; CHUNK];
+    let mut total = 0u64;
+    loop {
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            return Ok(total);
+        }
+        total += n as u64;
+    }
 }
 
 fn send(s: &mut TcpStream, mut left: u64) -> io::Result<()> {
@@ -105,15 +110,7 @@ pub(crate) fn download(port: u16, bytes: u64) -> io::Result<f64> {
     let mut request = vec![b'd'];
     request.extend_from_slice(&bytes.to_le_bytes());
     s.write_all(&request)?;
-    let mut buf = vec![0u8; CHUNK];
-    let mut total = 0u64;
-    loop {
-        let n = s.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        total += n as u64;
-    }
+    let total = count_to_end(&mut s)?;
     if total != bytes {
         return Err(io::Error::other(format!(
             "received {total} bytes, expected {bytes}"
