@@ -11,6 +11,7 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
+use common::relay::ssh_keypair;
 use common::sshd::{current_user, start, Sshd};
 use common::{gw, name, org, run, text, write};
 use postern::gateway::tunnel::{open, TunnelError, TunnelSpec};
@@ -32,21 +33,9 @@ fn cas() -> Cas {
 
 /// The sshd host key in `dir` (`host_ed25519`), made with ssh-keygen on first use.
 fn host_key(dir: &Path) -> PublicKey {
-    let host = dir.join("host_ed25519");
+    let mut host = dir.join("host_ed25519");
     if !host.exists() {
-        let out = run(
-            "ssh-keygen",
-            &[
-                "-q",
-                "-t",
-                "ed25519",
-                "-N",
-                "",
-                "-f",
-                host.to_str().unwrap(),
-            ],
-        );
-        assert!(out.status.success(), "{}", text(&out));
+        host = ssh_keypair(dir, "host_ed25519");
     }
     PublicKey::from_openssh(&std::fs::read_to_string(host.with_extension("pub")).unwrap()).unwrap()
 }
@@ -220,20 +209,7 @@ fn reject_user_type_certificate_as_relay_host() {
     let dir = tempfile::tempdir().unwrap();
     // The host CA's key made by ssh-keygen and loaded into postern, so ssh-keygen can also sign
     // with it: a user-type certificate from the right CA, as its key holder could make one.
-    let ca_key = dir.path().join("host_ca");
-    let out = run(
-        "ssh-keygen",
-        &[
-            "-q",
-            "-t",
-            "ed25519",
-            "-N",
-            "",
-            "-f",
-            ca_key.to_str().unwrap(),
-        ],
-    );
-    assert!(out.status.success(), "{}", text(&out));
+    let ca_key = ssh_keypair(dir.path(), "host_ca");
     let host = SshAuthority::load(
         name(Scope::Instance, AuthorityKind::RelaySshServer),
         &std::fs::read_to_string(&ca_key).unwrap(),

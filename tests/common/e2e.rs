@@ -1,6 +1,6 @@
 //! Helpers for the end-to-end tests: `connect` as a process, and targets that check every byte.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -52,10 +52,7 @@ impl Connect {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        let line = super::first_line(&mut child);
         let port = line
             .split("listening on 127.0.0.1:")
             .nth(1)

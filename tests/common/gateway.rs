@@ -1,6 +1,6 @@
 //! A real `postern-gateway`, and sessions through the whole path.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -60,10 +60,7 @@ impl TestGateway {
             .stderr(std::fs::File::create(&stderr).unwrap())
             .spawn()
             .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        let line = super::first_line(&mut child);
         assert!(
             line.contains("ready"),
             "gateway did not come up: {line:?}\n{}",

@@ -9,6 +9,7 @@ pub(crate) mod relay;
 pub(crate) mod sshd;
 
 use std::fs;
+use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Output};
@@ -27,6 +28,15 @@ pub(crate) fn scaled(native: usize, emulated: usize, what: &str) -> usize {
     } else {
         native
     }
+}
+
+/// The first line a freshly started program prints on stdout (its "ready" or address line).
+pub(crate) fn first_line(child: &mut Child) -> String {
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    line
 }
 
 /// Sends SIGTERM to `child` and waits (bounded) for it to exit.

@@ -1,6 +1,5 @@
 //! A real `postern-platform` for tests: a temporary state, the CLI, and `serve` on 127.0.0.1:0.
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 
@@ -92,10 +91,7 @@ impl TestPlatform {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        let line = super::first_line(&mut child);
         let start = line
             .find("https://")
             .unwrap_or_else(|| panic!("no URL in {line:?}"));

@@ -1,6 +1,6 @@
 //! A real `postern-relay` and an OpenSSH client standing in for a gateway.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -90,10 +90,7 @@ impl TestRelay {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        let line = super::first_line(&mut child);
         assert!(line.contains("ready"), "relay did not start: {line:?}");
         (child, line)
     }
