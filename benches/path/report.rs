@@ -73,28 +73,24 @@ pub(crate) fn mtls_setup(pki: &mtls::Pki, port: u16, settings: &Settings) -> Vec
         .collect()
 }
 
-fn rss_by_role(s: &Scenario) -> BTreeMap<&'static str, u64> {
+/// `VmRSS` by role, and the private anonymous part by role, from one reading.
+fn rss_by_role(s: &Scenario) -> (BTreeMap<&'static str, u64>, BTreeMap<&'static str, u64>) {
     s.roles
         .iter()
-        .map(|(role, pids)| (*role, procs::rss_kib(pids).0))
-        .collect()
-}
-
-fn anon_by_role(s: &Scenario) -> BTreeMap<&'static str, u64> {
-    s.roles
-        .iter()
-        .map(|(role, pids)| (*role, procs::rss_kib(pids).1))
-        .collect()
+        .map(|(role, pids)| {
+            let (rss, anon) = procs::rss_kib(pids);
+            ((*role, rss), (*role, anon))
+        })
+        .unzip()
 }
 
 /// Resident memory idle and with each count of held connections.
 pub(crate) fn memory(s: &Scenario, settings: &Settings, f: &mut Figures) {
-    f.rss_idle = rss_by_role(s);
-    f.anon_idle = anon_by_role(s);
+    (f.rss_idle, f.anon_idle) = rss_by_role(s);
     for &n in &settings.held {
         let held = target::hold(s.port, n).unwrap_or_else(|e| panic!("{}: hold {n}: {e}", s.name));
         std::thread::sleep(Duration::from_millis(500));
-        f.rss_held.insert(n, rss_by_role(s));
+        f.rss_held.insert(n, rss_by_role(s).0);
         drop(held);
         std::thread::sleep(Duration::from_secs(1));
     }
