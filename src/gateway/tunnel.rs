@@ -6,6 +6,7 @@
 
 use std::fmt;
 use std::net::TcpStream;
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use ssh2::{MethodType, Session};
@@ -107,6 +108,13 @@ fn host_of(address: &str) -> &str {
     host.trim_start_matches('[').trim_end_matches(']')
 }
 
+/// Held while a session is set up. libssh2's key exchange and key loading fill and walk
+/// OpenSSL 3's provider method store, and doing that from two threads at once can crash
+/// (openssl/openssl#27726: SIGSEGV in `ossl_method_store_do_all`, seen on armv7). The gateway
+/// opens one tunnel at a time anyway; the lock holds library users and parallel tests to the
+/// same rule. Established sessions only use what was fetched here and run unlocked.
+static SESSION_SETUP: Mutex<()> = Mutex::new(());
+
 /// Opens a tunnel as `spec` says.
 pub fn open(spec: &TunnelSpec) -> Result<Tunnel, TunnelError> {
     let connect = |e: std::io::Error| TunnelError::Connect(format!("{}: {e}", spec.address));
@@ -116,6 +124,8 @@ pub fn open(spec: &TunnelSpec) -> Result<Tunnel, TunnelError> {
             .map_err(connect)?,
         None => dial(&spec.address, spec.timeout).map_err(connect)?,
     };
+    // A poisoned lock guards no data: a panic elsewhere leaves nothing half-done here.
+    let _setup = SESSION_SETUP.lock().unwrap_or_else(|e| e.into_inner());
     let mut session = Session::new().map_err(|e| TunnelError::Handshake(e.to_string()))?;
     session.set_tcp_stream(socket.try_clone().map_err(connect)?);
     session.set_timeout(u32::try_from(spec.timeout.as_millis()).unwrap_or(u32::MAX));
