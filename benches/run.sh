@@ -3,7 +3,8 @@
 # 200 setups, 100 and 1000 held connections. Prints the tables and writes target/bench/path.json.
 #   bash benches/run.sh
 # Needs what .ci/run installs: openssh-client, openssh-server, openssl and stunnel4.
-# POSTERN_BENCH_MIB and POSTERN_BENCH_PASSES shrink it for a quick look.
+# POSTERN_BENCH_MIB and POSTERN_BENCH_PASSES shrink it for a quick look; POSTERN_BENCH_ONLY
+# ("postern 50 ms,stock 50 ms") runs only the scenarios named, besides raw, and writes no JSON.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # 1000 held connections cost each process on the path two descriptors apiece.

@@ -33,6 +33,9 @@ pub(crate) struct Settings {
     pub(crate) setups: usize,
     pub(crate) round_trips: usize,
     pub(crate) held: Vec<usize>,
+    /// `POSTERN_BENCH_ONLY`: the scenarios to run besides raw (comma-separated names), for a
+    /// quick look at one figure; such a partial run writes no JSON.
+    pub(crate) only: Option<Vec<String>>,
 }
 
 impl Settings {
@@ -57,7 +60,16 @@ impl Settings {
             setups,
             round_trips,
             held,
+            only: std::env::var("POSTERN_BENCH_ONLY")
+                .ok()
+                .map(|v| v.split(',').map(|n| n.trim().to_owned()).collect()),
         }
+    }
+
+    fn wanted(&self, scenario: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|names| names.iter().any(|n| n == scenario))
     }
 }
 
@@ -164,26 +176,23 @@ fn main() {
             detailed: true,
             _keep: Box::new(()),
         },
-        postern("postern", target, None),
     ];
     let stock_ok = stock::stunnel_path().is_some();
-    if stock_ok {
-        scenarios.push(stock_copy("stock", target, &pki, None));
-    } else {
+    if !stock_ok {
         eprintln!(
             "stunnel is not installed: the stock copy is left out (.ci/run installs stunnel4)"
         );
     }
-    for ms in [20, 50] {
-        let rtt = Duration::from_millis(ms);
-        scenarios.push(postern(&format!("postern {ms} ms"), target, Some(rtt)));
-        if stock_ok {
-            scenarios.push(stock_copy(
-                &format!("stock {ms} ms"),
-                target,
-                &pki,
-                Some(rtt),
-            ));
+    for rtt in [None, Some(20), Some(50)] {
+        let suffix = rtt.map_or(String::new(), |ms| format!(" {ms} ms"));
+        let rtt = rtt.map(Duration::from_millis);
+        let name = format!("postern{suffix}");
+        if settings.wanted(&name) {
+            scenarios.push(postern(&name, target, rtt));
+        }
+        let name = format!("stock{suffix}");
+        if stock_ok && settings.wanted(&name) {
+            scenarios.push(stock_copy(&name, target, &pki, rtt));
         }
     }
     eprintln!(
@@ -220,7 +229,7 @@ fn main() {
     let baseline = report::mtls_setup(&pki, mtls_port, &settings);
     let report = Report::new(&settings, figures, baseline, started.elapsed());
     report.print();
-    if settings.full {
+    if settings.full && settings.only.is_none() {
         report.write_json(std::path::Path::new("target/bench/path.json"));
     }
 }

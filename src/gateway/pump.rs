@@ -33,8 +33,15 @@ pub const KEEPALIVE_SECS: u32 = 3;
 pub const DEAD_AFTER: Duration = Duration::from_secs(9);
 /// How long a stopping gateway waits for connections to finish.
 pub const DRAIN: Duration = Duration::from_secs(10);
-/// SSH receive window per channel, sized for 50 ms links.
+/// SSH receive window per channel, sized for 50 ms links: what the relay may have in flight
+/// (and what libssh2 may hold for a connection that is not reading) at any time.
 pub const WINDOW: u64 = 8 * 1024 * 1024;
+/// The window libssh2 gives a forwarded channel (`LIBSSH2_CHANNEL_WINDOW_DEFAULT`). On its own
+/// it only tops a channel back up to this, which held one stream over 50 ms to 1.5 MiB per
+/// round trip; the pump grants the rest of [`WINDOW`] and gives back what it reads.
+const LIBSSH2_WINDOW: u64 = 2 * 1024 * 1024;
+/// Window consumed by reads is given back in steps of this much (one WINDOW_ADJUST each).
+const REGRANT: u64 = 256 * 1024;
 
 const SOCKET: Token = Token(0);
 const WAKE: Token = Token(1);
@@ -59,6 +66,7 @@ struct Conn {
     from_conn: Receiver<Chunk>,
     pending_in: Option<Chunk>,
     pending_out: Option<(Vec<u8>, usize)>,
+    window: Window,
     eof_sent_to_conn: bool,
     eof_to_channel: bool,
     eof_on_channel: bool,
@@ -230,7 +238,6 @@ impl Pump {
     }
 
     fn start(&mut self, mut channel: Channel) {
-        let _ = channel.adjust_receive_window(WINDOW, true);
         let (to_conn, rx) = sync_channel(QUEUE);
         let (tx, from_conn) = sync_channel(QUEUE);
         let waker = self.waker.clone();
@@ -270,6 +277,7 @@ impl Pump {
                 from_conn,
                 pending_in: None,
                 pending_out: None,
+                window: Window::new(),
                 eof_sent_to_conn: false,
                 eof_to_channel: false,
                 eof_on_channel: false,
@@ -310,6 +318,51 @@ impl Pump {
     }
 }
 
+/// The receive window the pump keeps open on one channel.
+///
+/// libssh2 sends a WINDOW_ADJUST it could not write whole later, when asked again, but the
+/// amount it then credits itself is the one passed in the later call. So an adjustment that
+/// would block is retried with the same amount before any other is made; otherwise libssh2's
+/// idea of the window drifts from the relay's, and data the relay may send gets truncated.
+struct Window {
+    /// An adjustment libssh2 has built but not finished sending.
+    sending: Option<u64>,
+    /// Read since the last adjustment, not yet given back.
+    read: u64,
+}
+
+impl Window {
+    fn new() -> Self {
+        Self {
+            sending: Some(WINDOW - LIBSSH2_WINDOW),
+            read: 0,
+        }
+    }
+
+    fn consumed(&mut self, n: usize) {
+        self.read += n as u64;
+    }
+
+    /// Sends what is owed to the relay, if anything. False while an adjustment is still
+    /// unsent (the socket is full): the channel must not be read then, or libssh2 may start
+    /// an adjustment of its own under the one in flight.
+    fn grant(&mut self, channel: &mut Channel) -> io::Result<bool> {
+        loop {
+            let amount = match self.sending {
+                Some(amount) => amount,
+                None if self.read >= REGRANT => std::mem::take(&mut self.read),
+                None => return Ok(true),
+            };
+            self.sending = Some(amount);
+            match channel.adjust_receive_window(amount, true) {
+                Ok(_) => self.sending = None,
+                Err(e) if ssh_would_block(&e) => return Ok(false),
+                Err(e) => return Err(io::Error::other(format!("window adjust: {e}"))),
+            }
+        }
+    }
+}
+
 /// Channel → connection, until the channel would block or the queue is full.
 fn channel_to_conn(c: &mut Conn) -> io::Result<()> {
     if c.conn_done {
@@ -329,7 +382,7 @@ fn channel_to_conn(c: &mut Conn) -> io::Result<()> {
                 }
             }
         }
-        if c.eof_sent_to_conn {
+        if c.eof_sent_to_conn || !c.window.grant(&mut c.channel)? {
             return Ok(());
         }
         let mut buf = vec![0u8; READ_CHUNK];
@@ -341,6 +394,7 @@ fn channel_to_conn(c: &mut Conn) -> io::Result<()> {
             Ok(0) => return Ok(()),
             Ok(n) => {
                 buf.truncate(n);
+                c.window.consumed(n);
                 c.pending_in = Some(Chunk::Data(buf));
             }
             Err(e) if would_block(&e) => return Ok(()),

@@ -63,7 +63,7 @@ impl Default for Limits {
             max_handshakes: 256,
             connections_per_org: 1024,
             channel_timeout: Duration::from_secs(10),
-            ssh_window: 8 * 1024 * 1024,
+            ssh_window: 16 * 1024 * 1024,
             keepalive: Duration::from_secs(5),
         }
     }
