@@ -17,6 +17,7 @@
 //! - [`id`] and [`clock`]: identifiers and time as messages show them.
 #![forbid(unsafe_code)]
 
+pub mod cipher;
 pub mod cli;
 pub mod clock;
 pub mod enrol;

@@ -139,6 +139,15 @@ fn tunnel_comes_up_against_sshd_and_forwards() {
     assert!(log.contains("Accepted publickey"), "{log}");
     // The refusal tests rely on this line appearing only once credentials are on the way.
     assert!(log.contains("userauth-request"), "{log}");
+    // The gateway's first cipher choice is the one negotiated, both ways.
+    let fastest = postern::cipher::ssh_ciphers(postern::cipher::hardware_aes())
+        .split(',')
+        .next()
+        .unwrap();
+    for way in ["client->server", "server->client"] {
+        let kex = format!("kex: {way} cipher: {fastest} ");
+        assert!(log.contains(&kex), "expected `{kex}` in: {log}");
+    }
 }
 
 /// Opens a tunnel to `sshd`, which must fail, and checks sshd never saw an authentication

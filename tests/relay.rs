@@ -6,6 +6,7 @@
 mod common;
 
 use std::io::{Read, Write};
+use std::path::Path;
 use std::process::Child;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -327,6 +328,40 @@ fn openssh_checks_the_relay_host_certificate_against_the_ca() {
     .unwrap();
     let err = expect_ssh_refused(openssh_tunnel(&key, &known, w.relay.ssh_port, "g1", target));
     assert!(err.contains("Host key verification failed"), "{err}");
+}
+
+/// `ssh -N -R` offering only `cipher`.
+fn openssh_tunnel_with_cipher(w: &World, key: &Path, known: &Path, cipher: &str) -> Child {
+    ssh_command(key, known, w.relay.ssh_port, "g1")
+        .args(["-c", cipher, "-N", "-o", "ExitOnForwardFailure=yes"])
+        .args(["-R", "0:127.0.0.1:1"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn relay_accepts_the_three_aeads_and_refuses_other_ssh_ciphers() {
+    let w = world();
+    let client = w.p.client(&w.p.identity("gateway", Some("a"), "g1", &[]));
+    let key = ssh_keypair(w.dir.path(), "g1");
+    let known = register_openssh_gateway(&client, &key);
+    for cipher in [
+        "aes128-gcm@openssh.com",
+        "aes256-gcm@openssh.com",
+        "chacha20-poly1305@openssh.com",
+    ] {
+        let tunnel = Kill(openssh_tunnel_with_cipher(&w, &key, &known, cipher));
+        w.relay.wait_tunnels(1);
+        drop(tunnel);
+        w.relay.wait_tunnels(0);
+    }
+    for cipher in ["aes128-ctr", "aes256-ctr", "aes256-cbc"] {
+        let err = expect_ssh_refused(openssh_tunnel_with_cipher(&w, &key, &known, cipher));
+        assert!(err.contains("no matching cipher"), "{cipher}: {err}");
+    }
 }
 
 #[test]

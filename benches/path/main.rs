@@ -168,15 +168,13 @@ fn main() {
     let pki = mtls::Pki::new();
     let mtls_port = mtls::start(&pki, target);
 
-    let mut scenarios = vec![
-        Scenario {
-            name: "raw".into(),
-            port: target,
-            roles: Vec::new(),
-            detailed: true,
-            _keep: Box::new(()),
-        },
-    ];
+    let mut scenarios = vec![Scenario {
+        name: "raw".into(),
+        port: target,
+        roles: Vec::new(),
+        detailed: true,
+        _keep: Box::new(()),
+    }];
     let stock_ok = stock::stunnel_path().is_some();
     if !stock_ok {
         eprintln!(

@@ -269,7 +269,22 @@ pub fn ssh_config(
         keepalive_interval: Some(limits.keepalive),
         keepalive_max: 3,
         nodelay: true,
+        preferred: russh::Preferred {
+            cipher: std::borrow::Cow::Borrowed(ssh_ciphers(crate::cipher::hardware_aes())),
+            ..Default::default()
+        },
         ..Default::default()
+    }
+}
+
+/// The SSH ciphers the relay accepts: the three AEADs, as [`crate::cipher::ssh_ciphers`]
+/// orders them (gateways dial, so theirs is the order that decides).
+fn ssh_ciphers(hardware_aes: bool) -> &'static [russh::cipher::Name] {
+    use russh::cipher::{AES_128_GCM, AES_256_GCM, CHACHA20_POLY1305};
+    if hardware_aes {
+        &[AES_128_GCM, AES_256_GCM, CHACHA20_POLY1305]
+    } else {
+        &[CHACHA20_POLY1305, AES_128_GCM, AES_256_GCM]
     }
 }
 
