@@ -28,6 +28,9 @@ pub(crate) struct Figures {
     rss_held: BTreeMap<usize, BTreeMap<&'static str, u64>>,
 }
 
+/// The roles on every path, in the order the tables give them.
+const ROLES: [&str; 3] = ["platform", "relay", "gateway"];
+
 fn cpu_by_role(s: &Scenario) -> Vec<f64> {
     s.roles
         .iter()
@@ -183,11 +186,12 @@ impl Report {
             let cpu = if s.cpu.is_empty() {
                 "-".to_owned()
             } else {
+                // In the header's order (the map itself is alphabetical).
                 format!(
                     "{} = {:.2}",
-                    s.cpu
-                        .values()
-                        .map(|v| format!("{v:.2}"))
+                    ROLES
+                        .iter()
+                        .map(|r| s.cpu.get(r).map_or("-".into(), |v| format!("{v:.2}")))
                         .collect::<Vec<_>>()
                         .join(" / "),
                     s.cpu_total

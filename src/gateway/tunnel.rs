@@ -129,7 +129,7 @@ pub fn open(spec: &TunnelSpec) -> Result<Tunnel, TunnelError> {
     let mut session = Session::new().map_err(|e| TunnelError::Handshake(e.to_string()))?;
     session.set_tcp_stream(socket.try_clone().map_err(connect)?);
     session.set_timeout(u32::try_from(spec.timeout.as_millis()).unwrap_or(u32::MAX));
-    let ciphers = crate::cipher::ssh_ciphers(crate::cipher::hardware_aes());
+    let ciphers = crate::cipher::SSH_CIPHERS;
     for (method, wanted) in [
         (MethodType::HostKey, HOST_KEY_ALGORITHMS),
         (MethodType::CryptCs, ciphers),

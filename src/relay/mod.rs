@@ -270,23 +270,20 @@ pub fn ssh_config(
         keepalive_max: 3,
         nodelay: true,
         preferred: russh::Preferred {
-            cipher: std::borrow::Cow::Borrowed(ssh_ciphers(crate::cipher::hardware_aes())),
+            cipher: std::borrow::Cow::Borrowed(SSH_CIPHERS),
             ..Default::default()
         },
         ..Default::default()
     }
 }
 
-/// The SSH ciphers the relay accepts: the three AEADs, as [`crate::cipher::ssh_ciphers`]
-/// orders them (gateways dial, so theirs is the order that decides).
-fn ssh_ciphers(hardware_aes: bool) -> &'static [russh::cipher::Name] {
-    use russh::cipher::{AES_128_GCM, AES_256_GCM, CHACHA20_POLY1305};
-    if hardware_aes {
-        &[AES_128_GCM, AES_256_GCM, CHACHA20_POLY1305]
-    } else {
-        &[CHACHA20_POLY1305, AES_128_GCM, AES_256_GCM]
-    }
-}
+/// The SSH ciphers the relay accepts: the three AEADs of [`crate::cipher::SSH_CIPHERS`]
+/// (gateways dial, so theirs is the order that decides).
+const SSH_CIPHERS: &[russh::cipher::Name] = &[
+    russh::cipher::CHACHA20_POLY1305,
+    russh::cipher::AES_128_GCM,
+    russh::cipher::AES_256_GCM,
+];
 
 /// Serves `GET /health` and `GET /metrics` (Prometheus text) on `listener` until stopped.
 pub async fn serve_metrics(shared: Arc<Shared>, listener: TcpListener) {
