@@ -340,7 +340,7 @@ impl Window {
     }
 
     fn consumed(&mut self, n: usize) {
-        self.read += n as u64;
+        self.read += u64::try_from(n).unwrap_or(u64::MAX);
     }
 
     /// Sends what is owed to the relay, if anything. False while an adjustment is still
