@@ -1,8 +1,8 @@
 //! Opening a tunnel: TCP (direct or through an HTTP CONNECT proxy), the SSH handshake with
-//! host-key algorithms restricted to certificates, the relay's host certificate checked with
-//! [`crate::sshcert::RelayHostPolicy`] *before* any credential is sent, authentication with the
-//! gateway's user certificate, and the reverse forward. Every phase is bounded by a timeout and
-//! a failure names its phase.
+//! host-key algorithms restricted to certificates and ciphers to AEADs ([`crate::cipher`]), the
+//! relay's host certificate checked with [`crate::sshcert::RelayHostPolicy`] *before* any
+//! credential is sent, authentication with the gateway's user certificate, and the reverse
+//! forward. Every phase is bounded by a timeout and a failure names its phase.
 
 use std::fmt;
 use std::net::TcpStream;
