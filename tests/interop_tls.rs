@@ -158,6 +158,8 @@ fn s_client_with_relay_client_cert_is_routed() {
     assert!(t.contains("route a/g1"), "{t}");
     assert!(t.contains("Verify return code: 0 (ok)"), "{t}");
     assert!(t.contains("TLSv1.3"), "{t}");
+    // No ticket to resume with: every connection is checked by a full handshake.
+    assert!(!t.contains("New Session Ticket"), "{t}");
 }
 
 #[test]

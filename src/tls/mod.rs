@@ -503,6 +503,9 @@ fn server_config<V: ClientCheck>(
         .map_err(config_error)?;
     config.alpn_protocols = alpn;
     config.max_fragment_size = record;
+    // No resumption: a resumed session skips the client certificate checks.
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
     Ok(Arc::new(config))
 }
 
@@ -523,5 +526,7 @@ fn client_config<V: ServerCheck>(
         .map_err(config_error)?;
     config.alpn_protocols = alpn;
     config.max_fragment_size = record;
+    // Every connection is a full handshake: its certificates are checked afresh each time.
+    config.resumption = rustls::client::Resumption::disabled();
     Ok(Arc::new(config))
 }

@@ -63,6 +63,15 @@ fn platform_to_relay(
     client_ca: &crate::pki::X509Authority,
     o: &str,
 ) -> ClientConnection {
+    let config = platform_relay_config(w, client_ca, o);
+    ClientConnection::new(config, server_name(RELAY_HOST).unwrap()).unwrap()
+}
+
+fn platform_relay_config(
+    w: &World,
+    client_ca: &crate::pki::X509Authority,
+    o: &str,
+) -> Arc<ClientConfig> {
     let key = Subject::new();
     let cert = client_ca
         .issue_relay_client(
@@ -73,8 +82,7 @@ fn platform_to_relay(
         )
         .unwrap();
     let verifier = RelayServerVerifier::new(w.instance.pki_server.certificate().clone()).unwrap();
-    let config = platform_relay_client(key.identity(cert), verifier).unwrap();
-    ClientConnection::new(config, server_name(RELAY_HOST).unwrap()).unwrap()
+    platform_relay_client(key.identity(cert), verifier).unwrap()
 }
 
 #[test]
@@ -225,4 +233,49 @@ fn grant_is_rechecked_at_a_later_now() {
         server_cfg.accept(&server, later),
         Err(TlsError::Expired { .. })
     ));
+}
+
+/// Every handshake of the same client and server configurations is a full one. A resumed
+/// session would skip the certificate checks: a revoked or expired short-lived certificate
+/// could come back in on the strength of an earlier handshake.
+#[test]
+fn sessions_are_never_resumed() {
+    let w = World::new();
+    let r = relay(&w);
+    let to_relay = platform_relay_config(&w, &w.instance.pki_client, "a");
+    let g = gateway_server(&w, "g1");
+    let (to_gateway, gateway_name) = platform_gateway_config(&w, "g1", Mode::Tcp);
+    let to_gateway = Arc::new(to_gateway);
+    for round in 0..3 {
+        let mut client =
+            ClientConnection::new(to_relay.clone(), server_name(RELAY_HOST).unwrap()).unwrap();
+        let server = connect(&mut client, r.server.config()).unwrap();
+        let kinds = (client.handshake_kind(), server.handshake_kind());
+        let full = Some(rustls::HandshakeKind::Full);
+        assert_eq!(kinds, (full, full), "relay hop, handshake {round}");
+        let mut client = ClientConnection::new(to_gateway.clone(), gateway_name.clone()).unwrap();
+        let server = connect(&mut client, g.config()).unwrap();
+        let kinds = (client.handshake_kind(), server.handshake_kind());
+        assert_eq!(kinds, (full, full), "inner session, handshake {round}");
+    }
+    // Each side refuses on its own: a client that would resume (another TLS stack) and a server
+    // that would issue tickets both get full handshakes.
+    let mut eager = (*to_relay).clone();
+    eager.resumption = rustls::client::Resumption::in_memory_sessions(16);
+    let eager = Arc::new(eager);
+    let mut ticketing = (*r.server.config()).clone();
+    ticketing.session_storage = rustls::server::ServerSessionMemoryCache::new(16);
+    ticketing.send_tls13_tickets = 2;
+    let ticketing = Arc::new(ticketing);
+    for round in 0..2 {
+        let mut client =
+            ClientConnection::new(eager.clone(), server_name(RELAY_HOST).unwrap()).unwrap();
+        let server = connect(&mut client, r.server.config()).unwrap();
+        let full = Some(rustls::HandshakeKind::Full);
+        assert_eq!(server.handshake_kind(), full, "resuming client, {round}");
+        let mut client =
+            ClientConnection::new(to_relay.clone(), server_name(RELAY_HOST).unwrap()).unwrap();
+        connect(&mut client, ticketing.clone()).unwrap();
+        assert_eq!(client.handshake_kind(), full, "ticketing server, {round}");
+    }
 }
