@@ -67,11 +67,12 @@ struct Inbound {
     ended: bool,
 }
 
-impl Read for Inbound {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+impl Inbound {
+    /// Waits until unread bytes are buffered; false once the pump's side has ended.
+    fn fill(&mut self) -> io::Result<bool> {
         while self.pos >= self.buf.len() {
             if self.ended {
-                return Ok(0);
+                return Ok(false);
             }
             let chunk = match self.deadline {
                 None => self.rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
@@ -96,9 +97,35 @@ impl Read for Inbound {
                 }
             }
         }
+        Ok(true)
+    }
+
+    /// The unread bytes as they came from the pump, without copying; None at the end. An idle
+    /// connection keeps no chunk.
+    fn next_chunk(&mut self) -> io::Result<Option<Vec<u8>>> {
+        if !self.fill()? {
+            return Ok(None);
+        }
+        let mut rest = std::mem::take(&mut self.buf);
+        if self.pos > 0 {
+            rest.drain(..self.pos);
+        }
+        self.pos = 0;
+        Ok(Some(rest))
+    }
+}
+
+impl Read for Inbound {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if !self.fill()? {
+            return Ok(0);
+        }
         let n = out.len().min(self.buf.len() - self.pos);
         out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
         self.pos += n;
+        if self.pos == self.buf.len() {
+            (self.buf, self.pos) = (Vec::new(), 0);
+        }
         Ok(n)
     }
 }
@@ -432,13 +459,10 @@ fn platform_to_target(
     outbound: &Outbound,
     mut target: &TcpStream,
 ) -> Result<(), ConnError> {
-    let mut buf = vec![0u8; FIRST_READ];
     let mut plain = Vec::new();
     let mut closed = false;
     loop {
-        let n = inbound.read(&mut buf).map_err(io_err)?;
-        grow_after(&mut buf, n);
-        if n == 0 {
+        let Some(chunk) = inbound.next_chunk().map_err(io_err)? else {
             // The channel ended. After the platform's close_notify that is the normal end of
             // this direction (the target may still be sending: leave its read side alone);
             // without one it is an abort.
@@ -446,11 +470,11 @@ fn platform_to_target(
                 reset(target);
             }
             return Ok(());
-        }
+        };
         plain.clear();
         {
             let mut c = lock(conn);
-            let mut data = &buf[..n];
+            let mut data = &chunk[..];
             while !data.is_empty() {
                 c.read_tls(&mut data).map_err(io_err)?;
                 c.process_new_packets()

@@ -100,6 +100,9 @@ struct Pump {
     next_keepalive: Instant,
     interest: Interest,
     drain_deadline: Option<Instant>,
+    /// Channel reads land here; each chunk queued is then exactly as long as what was read,
+    /// so a connection holding a small chunk does not hold a whole read buffer with it.
+    scratch: Vec<u8>,
 }
 
 impl Pump {
@@ -120,6 +123,7 @@ impl Pump {
             next_keepalive: Instant::now(),
             interest: Interest::READABLE,
             drain_deadline: None,
+            scratch: vec![0; READ_CHUNK],
         })
     }
 
@@ -300,7 +304,7 @@ impl Pump {
                 None => format!("{what}: {e}"),
             }
         };
-        channel_to_conn(c).map_err(|e| detail("channel read", e))?;
+        channel_to_conn(c, &mut self.scratch).map_err(|e| detail("channel read", e))?;
         let finished = conn_to_channel(c).map_err(|e| detail("channel write", e))?;
         if finished {
             if let Some(mut c) = self.conns.remove(&id) {
@@ -364,7 +368,7 @@ impl Window {
 }
 
 /// Channel → connection, until the channel would block or the queue is full.
-fn channel_to_conn(c: &mut Conn) -> io::Result<()> {
+fn channel_to_conn(c: &mut Conn, scratch: &mut [u8]) -> io::Result<()> {
     if c.conn_done {
         return Ok(());
     }
@@ -385,17 +389,15 @@ fn channel_to_conn(c: &mut Conn) -> io::Result<()> {
         if c.eof_sent_to_conn || !c.window.grant(&mut c.channel)? {
             return Ok(());
         }
-        let mut buf = vec![0u8; READ_CHUNK];
-        match c.channel.read(&mut buf) {
+        match c.channel.read(scratch) {
             Ok(0) if c.channel.eof() => {
                 c.eof_sent_to_conn = true;
                 c.pending_in = Some(Chunk::Eof);
             }
             Ok(0) => return Ok(()),
             Ok(n) => {
-                buf.truncate(n);
                 c.window.consumed(n);
-                c.pending_in = Some(Chunk::Data(buf));
+                c.pending_in = Some(Chunk::Data(scratch[..n].to_vec()));
             }
             Err(e) if would_block(&e) => return Ok(()),
             Err(e) => return Err(e),
