@@ -442,9 +442,9 @@ fn reset(target: &TcpStream) {
     let _ = target.shutdown(Shutdown::Read);
 }
 
-/// Read buffers start at 4 KiB and double, up to 32 KiB, each time a read fills them: a busy
-/// connection soon reads in large pieces, an idle one holds only a few pages.
-const FIRST_READ: usize = 4 * 1024;
+/// Target reads start at 1 KiB and double, up to 32 KiB, each time a read fills the buffer: a
+/// busy connection reads in large pieces after five reads, an idle one holds 1 KiB.
+const FIRST_READ: usize = 1024;
 const LARGEST_READ: usize = 32 * 1024;
 
 fn grow_after(buf: &mut Vec<u8>, filled: usize) {
