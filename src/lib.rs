@@ -14,6 +14,7 @@
 //! - [`pki`]: the authorities, their storage, leaf issuance and postern's X.509 extensions;
 //! - [`sshcert`]: the SSH certificate policy gateways and relays apply to each other;
 //! - [`tls`]: pinned rustls configurations for the four TLS endpoints;
+//! - [`cipher`]: which AEADs the TLS and SSH hops offer, in which order;
 //! - [`id`] and [`clock`]: identifiers and time as messages show them.
 #![forbid(unsafe_code)]
 

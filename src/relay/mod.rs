@@ -49,8 +49,10 @@ pub struct Limits {
     pub connections_per_org: usize,
     /// Deadline for a gateway to accept a channel.
     pub channel_timeout: Duration,
-    /// SSH channel window: sized so one stream over a 50 ms link is not capped by it
-    /// (8 MiB / 50 ms = 160 MiB/s; the 2 MiB default caps at ~37 MiB/s).
+    /// SSH channel window: sized so one stream over a 50 ms link is not capped by it. russh
+    /// tops it up only once it falls below half, so 16 MiB keeps 8 to 16 MiB open (8 MiB / 50 ms
+    /// = 160 MiB/s; OpenSSH's 2 MiB caps at ~37 MiB/s). It does not bound memory: russh grants
+    /// on receipt, and `channel_buffer_size` bounds what a channel may queue.
     pub ssh_window: u32,
     /// Keepalive interval toward gateways; three missed keepalives close the session.
     pub keepalive: Duration,
