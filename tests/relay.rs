@@ -6,7 +6,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::path::Path;
+use std::path::PathBuf;
 use std::process::Child;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -61,12 +61,18 @@ fn world_with(serve_flags: &[&str]) -> World {
 
 impl World {
     /// A gateway identity of `org`, registered with an OpenSSH key; its tunnel to a tagged echo.
-    fn openssh_gateway(&self, org: &str, name: &str, tag: &'static str) -> Kill {
+    /// An OpenSSH key registered as gateway `name` of `org`, and its known_hosts file.
+    fn openssh_credentials(&self, org: &str, name: &str) -> (PathBuf, PathBuf) {
         let client = self
             .p
             .client(&self.p.identity("gateway", Some(org), name, &[]));
         let key = ssh_keypair(self.dir.path(), &format!("{org}-{name}"));
         let known = register_openssh_gateway(&client, &key);
+        (key, known)
+    }
+
+    fn openssh_gateway(&self, org: &str, name: &str, tag: &'static str) -> Kill {
+        let (key, known) = self.openssh_credentials(org, name);
         Kill(openssh_tunnel(
             &key,
             &known,
@@ -241,9 +247,7 @@ fn expect_ssh_refused(mut child: Child) -> String {
 fn reject_wrong_gateway_certificates_from_openssh() {
     let w = world();
     let inst = w.p.instance_cas();
-    let client = w.p.client(&w.p.identity("gateway", Some("a"), "g1", &[]));
-    let key = ssh_keypair(w.dir.path(), "g1");
-    let known = register_openssh_gateway(&client, &key);
+    let (key, known) = w.openssh_credentials("a", "g1");
     let cert_path = std::path::PathBuf::from(format!("{}-cert.pub", key.display()));
     let public = ssh_key::PublicKey::from_openssh(
         &std::fs::read_to_string(key.with_extension("pub")).unwrap(),
@@ -311,9 +315,7 @@ fn reject_wrong_gateway_certificates_from_openssh() {
 #[test]
 fn openssh_checks_the_relay_host_certificate_against_the_ca() {
     let w = world();
-    let client = w.p.client(&w.p.identity("gateway", Some("a"), "g1", &[]));
-    let key = ssh_keypair(w.dir.path(), "g1");
-    let known = register_openssh_gateway(&client, &key);
+    let (key, known) = w.openssh_credentials("a", "g1");
     let target = tagged_echo("x");
     let _ok = Kill(openssh_tunnel(&key, &known, w.relay.ssh_port, "g1", target));
     w.relay.wait_tunnels(1);
@@ -331,36 +333,24 @@ fn openssh_checks_the_relay_host_certificate_against_the_ca() {
     assert!(err.contains("Host key verification failed"), "{err}");
 }
 
-/// `ssh -N -R` offering only `cipher`.
-fn openssh_tunnel_with_cipher(w: &World, key: &Path, known: &Path, cipher: &str) -> Child {
-    ssh_command(key, known, w.relay.ssh_port, "g1")
-        .args(["-c", cipher, "-N", "-o", "ExitOnForwardFailure=yes"])
-        .args(["-R", "0:127.0.0.1:1"])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
 #[test]
 fn relay_accepts_the_three_aeads_and_refuses_other_ssh_ciphers() {
     let w = world();
-    let client = w.p.client(&w.p.identity("gateway", Some("a"), "g1", &[]));
-    let key = ssh_keypair(w.dir.path(), "g1");
-    let known = register_openssh_gateway(&client, &key);
+    let (key, known) = w.openssh_credentials("a", "g1");
     for cipher in [
         "aes128-gcm@openssh.com",
         "aes256-gcm@openssh.com",
         "chacha20-poly1305@openssh.com",
     ] {
-        let tunnel = Kill(openssh_tunnel_with_cipher(&w, &key, &known, cipher));
+        let ssh = openssh_tunnel_with(&key, &known, w.relay.ssh_port, "g1", 1, &["-c", cipher]);
+        let tunnel = Kill(ssh);
         w.relay.wait_tunnels(1);
         drop(tunnel);
         w.relay.wait_tunnels(0);
     }
     for cipher in ["aes128-ctr", "aes256-ctr", "aes256-cbc"] {
-        let err = expect_ssh_refused(openssh_tunnel_with_cipher(&w, &key, &known, cipher));
+        let ssh = openssh_tunnel_with(&key, &known, w.relay.ssh_port, "g1", 1, &["-c", cipher]);
+        let err = expect_ssh_refused(ssh);
         assert!(err.contains("no matching cipher"), "{cipher}: {err}");
     }
 }
@@ -368,9 +358,7 @@ fn relay_accepts_the_three_aeads_and_refuses_other_ssh_ciphers() {
 #[test]
 fn reject_shell_exec_and_local_forwarding_for_an_authenticated_gateway() {
     let w = world();
-    let client = w.p.client(&w.p.identity("gateway", Some("a"), "g1", &[]));
-    let key = ssh_keypair(w.dir.path(), "g1");
-    let known = register_openssh_gateway(&client, &key);
+    let (key, known) = w.openssh_credentials("a", "g1");
     let out = ssh_command(&key, &known, w.relay.ssh_port, "g1")
         .arg("echo hi")
         .output()
@@ -393,9 +381,7 @@ fn reject_shell_exec_and_local_forwarding_for_an_authenticated_gateway() {
 #[test]
 fn newest_tunnel_of_a_gateway_takes_new_connections() {
     let w = world();
-    let client = w.p.client(&w.p.identity("gateway", Some("a"), "g1", &[]));
-    let key = ssh_keypair(w.dir.path(), "g1");
-    let known = register_openssh_gateway(&client, &key);
+    let (key, known) = w.openssh_credentials("a", "g1");
     let _old = Kill(openssh_tunnel(
         &key,
         &known,

@@ -261,7 +261,20 @@ pub(crate) fn openssh_tunnel(
     user: &str,
     target: u16,
 ) -> Child {
+    openssh_tunnel_with(key, known_hosts, port, user, target, &[])
+}
+
+/// [`openssh_tunnel`] with more `ssh` options (`-c aes128-ctr`, …).
+pub(crate) fn openssh_tunnel_with(
+    key: &Path,
+    known_hosts: &Path,
+    port: u16,
+    user: &str,
+    target: u16,
+    options: &[&str],
+) -> Child {
     ssh_command(key, known_hosts, port, user)
+        .args(options)
         .args([
             "-N",
             "-o",
