@@ -204,8 +204,8 @@ fn ping_reports_relay_and_timings() {
     assert!(out.status.success(), "{text}");
     for line in [
         "gateway g1 via relay r0",
-        "relay TLS setup:",
-        "inner handshake:",
+        "relay TLS handshake:",
+        "gateway answer:",
         "round trip (3):",
     ] {
         assert!(text.contains(line), "{line:?} missing from {text}");

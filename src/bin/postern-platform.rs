@@ -79,7 +79,7 @@ struct Connect {
 
 #[derive(FromArgs)]
 #[argh(subcommand, name = "ping")]
-/// measure the path to a gateway: relay setup, inner handshake, round trips
+/// measure the path to a gateway: relay handshake, gateway answer, round trips
 struct Ping {
     /// platform API URL, https://host:port (env POSTERN_PLATFORM)
     #[argh(option)]
@@ -577,8 +577,8 @@ fn run_ping(p: Ping) -> Fallible {
     let ms = |d: Duration| format!("{:.2} ms", d.as_secs_f64() * 1000.0);
     println!("gateway {gateway} via relay {}", report.relay);
     println!("  session certificates: {}", ms(report.session));
-    println!("  relay TLS setup:      {}", ms(report.relay_setup));
-    println!("  inner handshake:      {}", ms(report.inner_setup));
+    println!("  relay TLS handshake:  {}", ms(report.relay_setup));
+    println!("  gateway answer:       {}", ms(report.inner_setup));
     println!(
         "  round trip ({count}):     min {}, median {}, max {}",
         ms(rtts[0]),

@@ -215,7 +215,7 @@ pub fn serve(pipe: Pipe, shared: &Shared, origin: &str) -> Result<(), ConnError>
         .accept(&conn, SystemTime::now())
         .map_err(|e| ConnError::Grant(e.to_string()))?;
     let request = {
-        let mut duplex = Duplex(&mut inbound, &mut outbound);
+        let mut duplex = Duplex::new(&mut inbound, &mut outbound);
         let mut stream = rustls::Stream::new(&mut conn, &mut duplex);
         Frame::read_from(&mut stream).map_err(|e| ConnError::Request(e.to_string()))?
     };
@@ -248,21 +248,51 @@ pub fn serve(pipe: Pipe, shared: &Shared, origin: &str) -> Result<(), ConnError>
     }
 }
 
-/// Joins the two halves for `rustls::Stream` during the single-threaded phases.
-struct Duplex<'a>(&'a mut Inbound, &'a mut Outbound);
+/// Joins the two halves for `rustls::Stream` during the single-threaded phases. Writes are
+/// gathered until `flush` (rustls flushes after each flight) and queued as one chunk, so a
+/// handshake flight of several records crosses the tunnel as one SSH packet, not one each.
+struct Duplex<'a> {
+    inbound: &'a mut Inbound,
+    outbound: &'a mut Outbound,
+    gathered: Vec<u8>,
+}
+
+impl<'a> Duplex<'a> {
+    fn new(inbound: &'a mut Inbound, outbound: &'a mut Outbound) -> Self {
+        Self {
+            inbound,
+            outbound,
+            gathered: Vec::new(),
+        }
+    }
+}
 
 impl Read for Duplex<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.read(buf)
+        self.flush()?;
+        self.inbound.read(buf)
     }
 }
 
 impl Write for Duplex<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.1.write(buf)
+        self.gathered.extend_from_slice(buf);
+        Ok(buf.len())
     }
     fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+        if self.gathered.is_empty() {
+            return Ok(());
+        }
+        self.outbound
+            .send(Chunk::Data(std::mem::take(&mut self.gathered)))
+    }
+}
+
+impl Drop for Duplex<'_> {
+    /// rustls flushes after every write, so this finds nothing in practice; it keeps a stray
+    /// record from being lost if that ever changes.
+    fn drop(&mut self) {
+        let _ = self.flush();
     }
 }
 
@@ -272,7 +302,7 @@ fn handshake(
     outbound: &mut Outbound,
 ) -> Result<(), ConnError> {
     while conn.is_handshaking() {
-        conn.complete_io(&mut Duplex(inbound, outbound))
+        conn.complete_io(&mut Duplex::new(inbound, outbound))
             .map_err(|e| {
                 let inner = e
                     .get_ref()
@@ -314,17 +344,19 @@ fn ping(
     mut inbound: Inbound,
     mut outbound: Outbound,
 ) -> Result<(), ConnError> {
-    let mut duplex = Duplex(&mut inbound, &mut outbound);
-    let mut stream = rustls::Stream::new(&mut conn, &mut duplex);
-    stream
-        .write_all(&Frame::new(Status::Connected, "pong").encode())
-        .map_err(io_err)?;
-    let mut buf = [0u8; 4096];
-    loop {
-        match stream.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => stream.write_all(&buf[..n]).map_err(io_err)?,
-            Err(e) => return Err(io_err(e)),
+    {
+        let mut duplex = Duplex::new(&mut inbound, &mut outbound);
+        let mut stream = rustls::Stream::new(&mut conn, &mut duplex);
+        stream
+            .write_all(&Frame::new(Status::Connected, "pong").encode())
+            .map_err(io_err)?;
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => stream.write_all(&buf[..n]).map_err(io_err)?,
+                Err(e) => return Err(io_err(e)),
+            }
         }
     }
     conn.send_close_notify();
@@ -557,5 +589,65 @@ fn target_to_platform(
                 return Err(io_err(e));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc::sync_channel;
+
+    fn halves() -> (Inbound, Outbound, SyncSender<Chunk>, Receiver<Chunk>) {
+        let (to_conn, rx) = sync_channel(QUEUE);
+        let (tx, from_conn) = sync_channel(QUEUE);
+        let wake: Arc<dyn Fn() + Send + Sync> = Arc::new(|| {});
+        let inbound = Inbound {
+            rx,
+            wake: wake.clone(),
+            buf: Vec::new(),
+            pos: 0,
+            deadline: None,
+            ended: false,
+        };
+        let outbound = Outbound {
+            tx,
+            wake,
+            order: Arc::new(Mutex::new(())),
+        };
+        (inbound, outbound, to_conn, from_conn)
+    }
+
+    #[test]
+    fn a_flight_of_records_is_queued_as_one_chunk() {
+        let (mut inbound, mut outbound, to_conn, from_conn) = halves();
+        to_conn.send(Chunk::Data(b"hello".to_vec())).unwrap();
+        {
+            let mut duplex = Duplex::new(&mut inbound, &mut outbound);
+            duplex.write_all(b"server hello, ").unwrap();
+            duplex.write_all(b"certificate").unwrap();
+            assert!(from_conn.try_recv().is_err(), "sent before the flush");
+            duplex.flush().unwrap();
+            assert_eq!(
+                from_conn.try_recv().unwrap(),
+                Chunk::Data(b"server hello, certificate".to_vec())
+            );
+            duplex.flush().unwrap();
+            assert!(from_conn.try_recv().is_err(), "an empty flush sent a chunk");
+            // A read sends what was written before it, so a peer is never left waiting.
+            duplex.write_all(b"alert").unwrap();
+            let mut buf = [0u8; 5];
+            duplex.read_exact(&mut buf).unwrap();
+            assert_eq!(&buf, b"hello");
+            assert_eq!(
+                from_conn.try_recv().unwrap(),
+                Chunk::Data(b"alert".to_vec())
+            );
+            duplex.write_all(b"last").unwrap();
+        }
+        assert_eq!(
+            from_conn.try_recv().unwrap(),
+            Chunk::Data(b"last".to_vec()),
+            "dropping the duplex lost a write"
+        );
     }
 }

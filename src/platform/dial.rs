@@ -89,6 +89,21 @@ pub fn dial_relay(
     relay_key: PrivateKeyDer<'static>,
     timeout: Duration,
 ) -> Result<RelayStream, DialError> {
+    let mut stream = relay_handshake(session, relay_key, timeout)?;
+    stream.flush().map_err(|e| tls_error(&e))?;
+    relay_answer(&mut stream)?;
+    lift_timeouts(&stream.sock)?;
+    Ok(stream)
+}
+
+/// TCP and the TLS handshake with the relay, up to the point where the platform's last
+/// handshake flight (its certificate, signature and Finished) is ready but *not yet sent*: the
+/// caller's first write goes out with it, in one segment.
+pub(super) fn relay_handshake(
+    session: &SessionCredentials,
+    relay_key: PrivateKeyDer<'static>,
+    timeout: Duration,
+) -> Result<RelayStream, DialError> {
     let relay = &session.relay;
     let (host, _) = relay.tls_address.rsplit_once(':').ok_or_else(|| {
         DialError::Session(format!("relay address {:?} has no port", relay.tls_address))
@@ -110,29 +125,50 @@ pub fn dial_relay(
     let conn = ClientConnection::new(Arc::clone(&config), name)
         .map_err(|e| DialError::Tls(e.to_string()))?;
     let mut stream = StreamOwned::new(conn, tcp);
+    handshake_unflushed(&mut stream).map_err(|e| tls_error(&e))?;
+    Ok(stream)
+}
+
+/// Drives a client handshake until it is complete, leaving the client's final flight buffered.
+fn handshake_unflushed<S: Read + Write>(
+    stream: &mut StreamOwned<ClientConnection, S>,
+) -> std::io::Result<()> {
     while stream.conn.is_handshaking() {
-        stream
-            .conn
-            .complete_io(&mut stream.sock)
-            .map_err(|e| tls_error(&e))?;
+        if stream.conn.wants_write() {
+            stream.conn.write_tls(&mut stream.sock)?;
+            continue;
+        }
+        if stream.conn.read_tls(&mut stream.sock)? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the peer closed the connection during the TLS handshake",
+            ));
+        }
+        if let Err(e) = stream.conn.process_new_packets() {
+            // Send the alert that says why, as complete_io would.
+            let _ = stream.conn.write_tls(&mut stream.sock);
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e));
+        }
     }
-    stream.flush().map_err(|e| tls_error(&e))?;
-    let frame = Frame::read_from(&mut stream).map_err(|e| match e.kind() {
+    Ok(())
+}
+
+/// Reads the relay's status frame: `Ok` for `connected`, its words for anything else.
+fn relay_answer(stream: &mut RelayStream) -> Result<(), DialError> {
+    let frame = Frame::read_from(stream).map_err(|e| match e.kind() {
         std::io::ErrorKind::InvalidData => DialError::Tls(format!("relay status frame: {e}")),
         _ => tls_error(&e),
     })?;
     if frame.status != Status::Connected {
         return Err(DialError::Refused(frame));
     }
-    stream
-        .sock
-        .set_read_timeout(None)
-        .map_err(|e| DialError::Unreachable(e.to_string()))?;
-    stream
-        .sock
-        .set_write_timeout(None)
-        .map_err(|e| DialError::Unreachable(e.to_string()))?;
-    Ok(stream)
+    Ok(())
+}
+
+fn lift_timeouts(tcp: &TcpStream) -> Result<(), DialError> {
+    let unreachable = |e: std::io::Error| DialError::Unreachable(e.to_string());
+    tcp.set_read_timeout(None).map_err(unreachable)?;
+    tcp.set_write_timeout(None).map_err(unreachable)
 }
 
 fn connect(address: &str, timeout: Duration) -> Result<TcpStream, DialError> {
@@ -165,7 +201,7 @@ pub fn finish(stream: &mut GatewayStream) -> std::io::Result<()> {
     stream.sock.flush()
 }
 
-/// Opens the whole path for `session`: the relay hop ([`dial_relay`]), then [`open_gateway`].
+/// Opens the whole path for `session`: the relay hop, then [`open_gateway`].
 pub fn dial_gateway(
     session: &SessionCredentials,
     relay_key: PrivateKeyDer<'static>,
@@ -173,43 +209,56 @@ pub fn dial_gateway(
     mode: crate::tls::Mode,
     timeout: Duration,
 ) -> Result<GatewayStream, DialError> {
-    let relay = dial_relay(session, relay_key, timeout)?;
-    open_gateway(relay, session, gateway_key, mode, timeout)
+    let relay = relay_handshake(session, relay_key, timeout)?;
+    open_gateway(relay, session, gateway_key, mode)
 }
 
-/// [`open_inner`] over a relay hop, every phase bounded by `timeout` (a read timeout on the
-/// relay socket, lifted once the gateway has answered).
-pub fn open_gateway(
-    relay: RelayStream,
+/// The inner TLS 1.3 session, pinned to the session's gateway (client key `gateway_key`), over a
+/// relay hop whose handshake is done but whose status frame is still unread; then the request
+/// for the session's target in `mode`, and the gateway's answer. Returns the stream after a
+/// `connected` answer; the relay's or the gateway's refusal is [`DialError::Refused`] with
+/// their words.
+///
+/// Nothing waits that need not: the inner ClientHello leaves with the platform's last relay
+/// handshake flight, in one segment, and waits at the relay while it opens the channel to the
+/// gateway; the request leaves with the inner Finished. From the relay's answer on, that is one
+/// round trip to the gateway for the handshake and one for the request. Every read is bounded
+/// by the relay socket's timeouts, lifted once the gateway has answered.
+pub(super) fn open_gateway(
+    mut relay: RelayStream,
     session: &SessionCredentials,
     gateway_key: PrivateKeyDer<'static>,
     mode: crate::tls::Mode,
-    timeout: Duration,
 ) -> Result<GatewayStream, DialError> {
-    let unreachable = |e: std::io::Error| DialError::Unreachable(e.to_string());
-    relay
-        .sock
-        .set_read_timeout(Some(timeout))
-        .map_err(unreachable)?;
-    let stream = open_inner(relay, session, gateway_key, mode)?;
-    stream
-        .sock
-        .sock
-        .set_read_timeout(None)
-        .map_err(unreachable)?;
+    let mut inner = inner_client(session, gateway_key, mode)?;
+    let request = Frame::new(Status::Request, session.target.clone());
+    // Buffered until the handshake completes, then sent with the Finished.
+    inner
+        .writer()
+        .write_all(&request.encode())
+        .map_err(|e| tls_error(&e))?;
+    send_pending(&mut inner, &mut Batched(&mut relay)).map_err(|e| tls_error(&e))?;
+    relay_answer(&mut relay)?;
+    while inner.is_handshaking() {
+        inner
+            .complete_io(&mut Batched(&mut relay))
+            .map_err(|e| tls_error(&e))?;
+    }
+    let mut stream = StreamOwned::new(inner, relay);
+    let answer = Frame::read_from(&mut stream).map_err(|e| tls_error(&e))?;
+    if answer.status != Status::Connected {
+        return Err(DialError::Refused(answer));
+    }
+    lift_timeouts(&stream.sock.sock)?;
     Ok(stream)
 }
 
-/// The inner TLS 1.3 session over `transport`, pinned to the session's gateway (client key
-/// `gateway_key`), the request for the session's target in `mode`, and the gateway's answer.
-/// Returns the stream after a `connected` answer; any other answer is [`DialError::Refused`]
-/// with the gateway's words. The caller bounds the transport's blocking (read timeouts).
-pub fn open_inner<S: Read + Write>(
-    transport: S,
+/// The platform's end of the inner session, pinned to the session's gateway.
+fn inner_client(
     session: &SessionCredentials,
     gateway_key: PrivateKeyDer<'static>,
     mode: crate::tls::Mode,
-) -> Result<StreamOwned<ClientConnection, S>, DialError> {
+) -> Result<ClientConnection, DialError> {
     use crate::id::{GatewayId, OrgId};
     use crate::tls::gateway::{platform_gateway_client, GatewayServerVerifier};
     let org = OrgId::new(&session.org).map_err(|e| DialError::Session(e.to_string()))?;
@@ -229,22 +278,35 @@ pub fn open_inner<S: Read + Write>(
     };
     let (config, name) = platform_gateway_client(identity, verifier, mode)
         .map_err(|e| DialError::Session(e.to_string()))?;
-    let conn = ClientConnection::new(config, name).map_err(|e| DialError::Tls(e.to_string()))?;
-    let mut stream = StreamOwned::new(conn, transport);
-    while stream.conn.is_handshaking() {
-        stream
-            .conn
-            .complete_io(&mut stream.sock)
-            .map_err(|e| tls_error(&e))?;
+    ClientConnection::new(config, name).map_err(|e| DialError::Tls(e.to_string()))
+}
+
+fn send_pending(inner: &mut ClientConnection, hop: &mut Batched<'_>) -> std::io::Result<()> {
+    while inner.wants_write() {
+        inner.write_tls(hop)?;
     }
-    let request = Frame::new(Status::Request, session.target.clone());
-    stream
-        .write_all(&request.encode())
-        .map_err(|e| tls_error(&e))?;
-    stream.flush().map_err(|e| tls_error(&e))?;
-    let answer = Frame::read_from(&mut stream).map_err(|e| tls_error(&e))?;
-    if answer.status != Status::Connected {
-        return Err(DialError::Refused(answer));
+    hop.flush()
+}
+
+/// The relay hop as the inner session's transport, with writes batched: each write becomes a
+/// relay TLS record, and `flush` sends everything pending (the relay handshake's last flight
+/// too, the first time) in one system call.
+struct Batched<'a>(&'a mut RelayStream);
+
+impl Read for Batched<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.read(buf)
     }
-    Ok(stream)
+}
+
+impl Write for Batched<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.conn.writer().write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        while self.0.conn.wants_write() {
+            self.0.conn.write_tls(&mut self.0.sock)?;
+        }
+        Ok(())
+    }
 }

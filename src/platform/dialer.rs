@@ -14,7 +14,7 @@ use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use super::api::{SessionCredentials, SessionRequest};
 use super::client::ApiClient;
-use super::dial::{dial_relay, open_gateway, DialError, GatewayStream};
+use super::dial::{open_gateway, relay_handshake, DialError, GatewayStream};
 use crate::clock::unix_now;
 use crate::tls::Mode;
 
@@ -52,9 +52,10 @@ pub struct PingReport {
     pub relay: String,
     /// Getting (or reusing) session certificates from the platform.
     pub session: Duration,
-    /// TCP and TLS to the relay, up to its status frame.
+    /// TCP and the TLS handshake with the relay.
     pub relay_setup: Duration,
-    /// The inner TLS handshake with the gateway, up to its answer.
+    /// From there to the gateway's answer: the relay opening its channel to the gateway (while
+    /// the inner ClientHello is already on its way), the inner handshake and the request.
     pub inner_setup: Duration,
     /// One-byte round trips through the whole path.
     pub round_trips: Vec<Duration>,
@@ -146,13 +147,13 @@ impl Dialer {
         let t0 = Instant::now();
         let (creds, relay_key, gateway_key) = self.session()?;
         let t1 = Instant::now();
-        let relay = dial_relay(&creds, relay_key, self.timeout).inspect_err(|e| {
+        let relay = relay_handshake(&creds, relay_key, self.timeout).inspect_err(|e| {
             if matches!(e, DialError::Tls(_)) {
                 self.forget();
             }
         })?;
         let t2 = Instant::now();
-        let stream = open_gateway(relay, &creds, gateway_key, mode, self.timeout)?;
+        let stream = open_gateway(relay, &creds, gateway_key, mode)?;
         Ok((stream, [t1 - t0, t2 - t1, t2.elapsed()]))
     }
 

@@ -209,6 +209,9 @@ async fn accept_loop(
     }
 }
 
+/// Socket read buffer under each gateway's SSH session.
+const SSH_READ_BUFFER: usize = 64 * 1024;
+
 async fn ssh_connection(shared: Arc<Shared>, tcp: tokio::net::TcpStream, peer: SocketAddr) {
     let Ok(permit) = shared.handshakes.clone().try_acquire_owned() else {
         shared.metrics.refuse(metrics::Refusal::Busy);
@@ -219,6 +222,9 @@ async fn ssh_connection(shared: Arc<Shared>, tcp: tokio::net::TcpStream, peer: S
     let authenticated = Arc::new(AtomicBool::new(false));
     let handler = ssh::SshConn::new(shared.clone(), peer, authenticated.clone());
     let config = shared.live().ssh.clone();
+    // russh reads each packet's length and then its body with two reads; a buffer under it
+    // makes that one system call for as many packets as have arrived.
+    let tcp = tokio::io::BufReader::with_capacity(SSH_READ_BUFFER, tcp);
     let running = match russh::server::run_stream(config, tcp, handler).await {
         Ok(r) => r,
         Err(e) => {
