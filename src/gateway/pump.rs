@@ -6,7 +6,8 @@
 //! `Session::block_directions`), accepts forwarded channels, and moves bytes between each
 //! channel and its connection's bounded queues. A full queue means the pump stops reading that
 //! channel, so its SSH window closes: backpressure reaches the platform for that connection
-//! only. Connection threads wake the pump through a `mio::Waker`.
+//! only. Connection threads wake the pump through a `mio::Waker`. Each channel's window is a
+//! [`Window`]: 8 MiB, growing to 16 MiB for a busy connection.
 //!
 //! Liveness: a keepalive every [`KEEPALIVE_SECS`] asks the relay for a reply; if nothing at all
 //! arrives from the relay for [`DEAD_AFTER`], the tunnel is declared dead.
@@ -33,9 +34,14 @@ pub const KEEPALIVE_SECS: u32 = 3;
 pub const DEAD_AFTER: Duration = Duration::from_secs(9);
 /// How long a stopping gateway waits for connections to finish.
 pub const DRAIN: Duration = Duration::from_secs(10);
-/// SSH receive window per channel, sized for 50 ms links: what the relay may have in flight
-/// (and what libssh2 may hold for a connection that is not reading) at any time.
+/// SSH receive window each channel starts with, sized for 50 ms links: what the relay may have
+/// in flight (and what libssh2 may hold for a connection that is not reading) at any time.
 pub const WINDOW: u64 = 8 * 1024 * 1024;
+/// The most a channel's window grows to ([`Window`]): for busy connections on links longer than
+/// 50 ms. Only a connection that moves a whole window within [`GROW_WITHIN`] grows.
+pub const MAX_WINDOW: u64 = 16 * 1024 * 1024;
+/// A channel that reads its whole window within this long gets a window twice as large.
+pub const GROW_WITHIN: Duration = Duration::from_millis(250);
 /// The window libssh2 gives a forwarded channel (`LIBSSH2_CHANNEL_WINDOW_DEFAULT`). On its own
 /// it only tops a channel back up to this, which held one stream over 50 ms to 1.5 MiB per
 /// round trip; the pump grants the rest of [`WINDOW`] and gives back what it reads.
@@ -281,7 +287,7 @@ impl Pump {
                 from_conn,
                 pending_in: None,
                 pending_out: None,
-                window: Window::new(),
+                window: Window::new(Instant::now()),
                 eof_sent_to_conn: false,
                 eof_to_channel: false,
                 eof_on_channel: false,
@@ -328,23 +334,49 @@ impl Pump {
 /// amount it then credits itself is the one passed in the later call. So an adjustment that
 /// would block is retried with the same amount before any other is made; otherwise libssh2's
 /// idea of the window drifts from the relay's, and data the relay may send gets truncated.
+///
+/// The window starts at [`WINDOW`] and doubles, up to [`MAX_WINDOW`], each time the channel
+/// reads a whole window within [`GROW_WITHIN`] (32 MiB/s at the start). A busy connection on a
+/// long link, whose round trip is what the window holds back, gets the room it can use; a
+/// connection that moves little keeps what libssh2 may hold for it, should it stop reading,
+/// at [`WINDOW`].
 struct Window {
     /// An adjustment libssh2 has built but not finished sending.
     sending: Option<u64>,
-    /// Read since the last adjustment, not yet given back.
+    /// Read since the last adjustment, plus any growth, not yet given to the relay.
     read: u64,
+    /// The window this channel is kept at.
+    size: u64,
+    /// Read since `lap_start`.
+    lap: u64,
+    lap_start: Instant,
 }
 
 impl Window {
-    fn new() -> Self {
+    fn new(now: Instant) -> Self {
         Self {
             sending: Some(WINDOW - LIBSSH2_WINDOW),
             read: 0,
+            size: WINDOW,
+            lap: 0,
+            lap_start: now,
         }
     }
 
-    fn consumed(&mut self, n: usize) {
-        self.read += u64::try_from(n).unwrap_or(u64::MAX);
+    fn consumed(&mut self, n: usize, now: Instant) {
+        let n = u64::try_from(n).unwrap_or(u64::MAX);
+        self.read = self.read.saturating_add(n);
+        self.lap = self.lap.saturating_add(n);
+        if self.lap < self.size {
+            return;
+        }
+        if now.saturating_duration_since(self.lap_start) < GROW_WITHIN && self.size < MAX_WINDOW {
+            let grown = (self.size * 2).min(MAX_WINDOW);
+            self.read += grown - self.size;
+            self.size = grown;
+        }
+        self.lap = 0;
+        self.lap_start = now;
     }
 
     /// Sends what is owed to the relay, if anything. False while an adjustment is still
@@ -396,7 +428,7 @@ fn channel_to_conn(c: &mut Conn, scratch: &mut [u8]) -> io::Result<()> {
             }
             Ok(0) => return Ok(()),
             Ok(n) => {
-                c.window.consumed(n);
+                c.window.consumed(n, Instant::now());
                 c.pending_in = Some(Chunk::Data(scratch[..n].to_vec()));
             }
             Err(e) if would_block(&e) => return Ok(()),
@@ -432,5 +464,58 @@ fn conn_to_channel(c: &mut Conn) -> io::Result<bool> {
             Err(TryRecvError::Empty) => return Ok(false),
             Err(TryRecvError::Disconnected) => return Ok(true),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1024 * 1024;
+
+    fn read(w: &mut Window, bytes: u64, at: Instant) {
+        w.consumed(usize::try_from(bytes).unwrap(), at);
+    }
+
+    #[test]
+    fn a_window_read_quickly_doubles_up_to_the_cap_and_is_owed_to_the_relay() {
+        let t0 = Instant::now();
+        let mut w = Window::new(t0);
+        w.sending = None;
+        read(&mut w, WINDOW - 1, t0 + Duration::from_millis(10));
+        assert_eq!(
+            (w.size, w.read),
+            (WINDOW, WINDOW - 1),
+            "grew before a whole window"
+        );
+        read(&mut w, 1, t0 + GROW_WITHIN / 2);
+        assert_eq!(w.size, 2 * WINDOW);
+        assert_eq!(w.read, 2 * WINDOW, "the growth is not owed to the relay");
+        w.read = 0;
+        let t1 = t0 + GROW_WITHIN / 2;
+        read(&mut w, 2 * WINDOW, t1 + Duration::from_millis(1));
+        assert_eq!(w.size, MAX_WINDOW, "grew past the cap");
+        assert_eq!(w.read, 2 * WINDOW + MAX_WINDOW - 2 * WINDOW);
+    }
+
+    #[test]
+    fn a_slow_connection_keeps_its_window() {
+        let t0 = Instant::now();
+        let mut w = Window::new(t0);
+        w.sending = None;
+        // A whole window, but over longer than GROW_WITHIN: no growth, and a new lap starts.
+        read(&mut w, WINDOW, t0 + GROW_WITHIN);
+        assert_eq!((w.size, w.read), (WINDOW, WINDOW));
+        // Half a window in a hurry, then the rest slowly: still no growth.
+        let t1 = t0 + GROW_WITHIN;
+        read(&mut w, WINDOW / 2, t1 + Duration::from_millis(1));
+        read(
+            &mut w,
+            WINDOW / 2,
+            t1 + GROW_WITHIN + Duration::from_millis(1),
+        );
+        assert_eq!(w.size, WINDOW);
+        read(&mut w, 4 * MIB, t1 + 3 * GROW_WITHIN);
+        assert_eq!(w.size, WINDOW);
     }
 }
