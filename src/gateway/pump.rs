@@ -7,7 +7,7 @@
 //! channel and its connection's bounded queues. A full queue means the pump stops reading that
 //! channel, so its SSH window closes: backpressure reaches the platform for that connection
 //! only. Connection threads wake the pump through a `mio::Waker`. Each channel's window is a
-//! [`Window`]: 8 MiB, growing to 16 MiB for a busy connection.
+//! `Window`: 8 MiB, growing to 16 MiB for a busy connection.
 //!
 //! Liveness: a keepalive every [`KEEPALIVE_SECS`] asks the relay for a reply; if nothing at all
 //! arrives from the relay for [`DEAD_AFTER`], the tunnel is declared dead.
@@ -37,7 +37,7 @@ pub const DRAIN: Duration = Duration::from_secs(10);
 /// SSH receive window each channel starts with, sized for 50 ms links: what the relay may have
 /// in flight (and what libssh2 may hold for a connection that is not reading) at any time.
 pub const WINDOW: u64 = 8 * 1024 * 1024;
-/// The most a channel's window grows to ([`Window`]): for busy connections on links longer than
+/// The most a channel's window grows to (`Window`): for busy connections on links longer than
 /// 50 ms. Only a connection that moves a whole window within [`GROW_WITHIN`] grows.
 pub const MAX_WINDOW: u64 = 16 * 1024 * 1024;
 /// A channel that reads its whole window within this long gets a window twice as large.

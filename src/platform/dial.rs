@@ -201,7 +201,8 @@ pub fn finish(stream: &mut GatewayStream) -> std::io::Result<()> {
     stream.sock.flush()
 }
 
-/// Opens the whole path for `session`: the relay hop, then [`open_gateway`].
+/// Opens the whole path for `session`: the relay hop, then the inner session through it, with
+/// nothing waiting that need not (see `open_gateway`).
 pub fn dial_gateway(
     session: &SessionCredentials,
     relay_key: PrivateKeyDer<'static>,
