@@ -81,7 +81,19 @@ pub(crate) struct Scenario {
     /// Whether setup, round-trip and memory figures are taken (the delayed links only measure
     /// throughput).
     pub(crate) detailed: bool,
-    _keep: Box<dyn std::any::Any>,
+    /// What keeps the scenario running (its processes stop when it is dropped).
+    keep: Box<dyn std::any::Any>,
+}
+
+impl Scenario {
+    /// Panics if a stock copy lost its SSH leg during the run.
+    fn check(&mut self) {
+        if let Some(stock) = self.keep.downcast_mut::<stock::Stock>() {
+            if let Err(e) = stock.check_forward() {
+                panic!("{}: {e}; its figures are void", self.name);
+            }
+        }
+    }
 }
 
 struct Postern {
@@ -136,7 +148,7 @@ fn postern(name: &str, target: u16, rtt: Option<Duration>) -> Scenario {
             ("gateway", vec![w.gateway.child.id()]),
         ],
         detailed: rtt.is_none(),
-        _keep: Box::new(w),
+        keep: Box::new(w),
     }
 }
 
@@ -157,7 +169,7 @@ fn stock_copy(name: &str, target: u16, pki: &mtls::Pki, rtt: Option<Duration>) -
         port: s.port,
         roles: s.roles(),
         detailed: rtt.is_none(),
-        _keep: Box::new(s),
+        keep: Box::new(s),
     }
 }
 
@@ -173,7 +185,7 @@ fn main() {
         port: target,
         roles: Vec::new(),
         detailed: true,
-        _keep: Box::new(()),
+        keep: Box::new(()),
     }];
     let stock_ok = stock::stunnel_path().is_some();
     if !stock_ok {
@@ -224,6 +236,7 @@ fn main() {
     for s in scenarios.iter().filter(|s| s.detailed) {
         report::latency(s, &settings, figures.get_mut(&s.name).expect("figures"));
     }
+    scenarios.iter_mut().for_each(Scenario::check);
     let baseline = report::mtls_setup(&pki, mtls_port, &settings);
     let report = Report::new(&settings, figures, baseline, started.elapsed());
     report.print();

@@ -38,6 +38,15 @@ impl Drop for Stock {
 }
 
 impl Stock {
+    /// Fails if `ssh -R` has exited: the figures would then not have gone through sshd.
+    pub(crate) fn check_forward(&mut self) -> Result<(), String> {
+        match self.ssh.try_wait() {
+            Ok(None) => Ok(()),
+            Ok(Some(status)) => Err(format!("ssh -R exited during the run ({status})")),
+            Err(e) => Err(format!("ssh -R: {e}")),
+        }
+    }
+
     /// Process trees per role, as (role, root pids).
     pub(crate) fn roles(&self) -> Vec<(&'static str, Vec<u32>)> {
         vec![
@@ -55,11 +64,14 @@ pub(crate) fn stunnel_path() -> Option<&'static str> {
         .find(|p| Path::new(p).exists())
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
+/// `N` distinct free ports: all are held until all are chosen, so two services never get the
+/// same one (which once let the relay's stunnel reach the gateway's directly, past a failed
+/// `ssh -R`).
+fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("free port"))
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().expect("free port").port())
 }
 
 fn wait_listening(port: u16, what: &str) {
@@ -120,13 +132,7 @@ pub(crate) fn start(
     ssh_via: impl Fn(u16) -> u16,
 ) -> Stock {
     pki.write(dir);
-    let (inner, outer, relay_tls, forward, gateway_tls) = (
-        free_port(),
-        free_port(),
-        free_port(),
-        free_port(),
-        free_port(),
-    );
+    let [inner, outer, relay_tls, forward, gateway_tls] = free_ports();
 
     let e2e = tls_service(dir, "e2e", false, gateway_tls, target);
     let gateway = stunnel(dir, "gateway", &e2e, gateway_tls);
@@ -141,7 +147,7 @@ pub(crate) fn start(
     );
     let sshd = sshd::start(dir, &settings);
     let ssh_port = ssh_via(sshd.port);
-    let ssh = Command::new("ssh")
+    let mut ssh = Command::new("ssh")
         .args([
             "-N",
             "-c",
@@ -167,6 +173,9 @@ pub(crate) fn start(
         .spawn()
         .expect("start ssh");
     wait_listening(forward, "sshd's remote forward");
+    if let Ok(Some(status)) = ssh.try_wait() {
+        panic!("ssh -R exited ({status}): port {forward} is not sshd's forward");
+    }
 
     let relay_service = tls_service(dir, "outer", false, relay_tls, forward);
     let relay = stunnel(dir, "relay", &relay_service, relay_tls);
