@@ -147,13 +147,16 @@ impl Dialer {
         let t0 = Instant::now();
         let (creds, relay_key, gateway_key) = self.session()?;
         let t1 = Instant::now();
-        let relay = relay_handshake(&creds, relay_key, self.timeout).inspect_err(|e| {
+        // A TLS refusal (the relay's, which now arrives with its status frame, or the
+        // gateway's) may be cured by new certificates: the next connection asks for them.
+        let forget_on_tls = |e: &DialError| {
             if matches!(e, DialError::Tls(_)) {
                 self.forget();
             }
-        })?;
+        };
+        let relay = relay_handshake(&creds, relay_key, self.timeout).inspect_err(forget_on_tls)?;
         let t2 = Instant::now();
-        let stream = open_gateway(relay, &creds, gateway_key, mode)?;
+        let stream = open_gateway(relay, &creds, gateway_key, mode).inspect_err(forget_on_tls)?;
         Ok((stream, [t1 - t0, t2 - t1, t2.elapsed()]))
     }
 
