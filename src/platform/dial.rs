@@ -284,7 +284,10 @@ fn inner_client(
 
 fn send_pending(inner: &mut ClientConnection, hop: &mut Batched<'_>) -> std::io::Result<()> {
     while inner.wants_write() {
-        inner.write_tls(hop)?;
+        // The relay hop's send buffer is full (it takes 64 KiB): send it, then go on.
+        if inner.write_tls(hop)? == 0 {
+            hop.flush()?;
+        }
     }
     hop.flush()
 }
