@@ -474,14 +474,22 @@ fn reset(target: &TcpStream) {
     let _ = target.shutdown(Shutdown::Read);
 }
 
-/// Target reads start at 1 KiB and double, up to 32 KiB, each time a read fills the buffer: a
-/// busy connection reads in large pieces after five reads, an idle one holds 1 KiB.
+/// Target reads start at 1 KiB and double, up to [`LARGEST_READ`], each time a read fills the
+/// buffer: a busy connection reads in large pieces after five reads, an idle one holds 1 KiB.
 const FIRST_READ: usize = 1024;
-const LARGEST_READ: usize = 32 * 1024;
+/// What a TLS 1.3 record adds to its plaintext: header, content type and AEAD tag.
+const RECORD_OVERHEAD: usize = 5 + 1 + 16;
+/// The most channel data libssh2 puts in one SSH packet (`_libssh2_channel_write` caps every
+/// write at 32700 bytes, below the relay's 32 KiB).
+const SSH_PACKET_DATA: usize = 32700;
+/// The largest target read: as sealed (two records), it fills one SSH packet exactly. A full
+/// 32 KiB read became a full packet and a 112-byte one, which the relay then forwarded to the
+/// platform as a TLS record of its own.
+const LARGEST_READ: usize = SSH_PACKET_DATA - 2 * RECORD_OVERHEAD;
 
 fn grow_after(buf: &mut Vec<u8>, filled: usize) {
     if filled == buf.len() && buf.len() < LARGEST_READ {
-        buf.resize(buf.len() * 2, 0);
+        buf.resize((buf.len() * 2).min(LARGEST_READ), 0);
     }
 }
 
@@ -615,6 +623,22 @@ mod tests {
             order: Arc::new(Mutex::new(())),
         };
         (inbound, outbound, to_conn, from_conn)
+    }
+
+    #[test]
+    fn a_full_target_read_seals_into_one_ssh_packet() {
+        let mut buf = vec![0u8; FIRST_READ];
+        while buf.len() < LARGEST_READ {
+            let len = buf.len();
+            grow_after(&mut buf, len);
+        }
+        assert_eq!(buf.len(), LARGEST_READ);
+        // rustls seals at most 16 KiB of plaintext per record.
+        let records = LARGEST_READ.div_ceil(16 * 1024);
+        assert_eq!(LARGEST_READ + records * RECORD_OVERHEAD, SSH_PACKET_DATA);
+        let len = buf.len();
+        grow_after(&mut buf, len);
+        assert_eq!(buf.len(), LARGEST_READ, "grew past the largest read");
     }
 
     #[test]
